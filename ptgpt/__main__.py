@@ -1,0 +1,3 @@
+from ptgpt.cli import main
+
+main()

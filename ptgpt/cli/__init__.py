@@ -1,0 +1,24 @@
+"""The `ptgpt` command line.
+
+Each subcommand lives in its own module here and imports its stage (requests, pyarrow, torch,
+prefect...) inside the command body, so `ptgpt --help` and `ptgpt scrape` never pay for torch.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ptgpt import __version__
+from ptgpt.cli.demo import demo
+from ptgpt.cli.scrape import mirror, scrape
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ptgpt")
+def main() -> None:
+    """Build a Portuguese corpus from Project Gutenberg and train a GPT-style model on it."""
+
+
+main.add_command(scrape)
+main.add_command(mirror)
+main.add_command(demo)
