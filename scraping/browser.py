@@ -62,7 +62,7 @@ class HeadlessBrowser:
 
         os.environ.setdefault("SE_OFFLINE", "true")
         os.environ.setdefault("SE_AVOID_STATS", "true")
-        self.client, self.wait_css, self.timeout = client, wait_css, timeout
+        self.client, self.timeout = client, timeout
         self._profile = Path(tempfile.mkdtemp(prefix="ptgpt-chromium-"))
         opts = Options()
         for flag in CHROMIUM_FLAGS:
@@ -76,7 +76,8 @@ class HeadlessBrowser:
         self.driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
         self.driver.set_page_load_timeout(timeout)
 
-    def page_source(self, url: str) -> str:
+    def page_source(self, url: str, wait_css: str | None = None) -> str:
+        """HTML of `url` once loaded and, if given, once `wait_css` matches (scripts have run)."""
         from selenium.common.exceptions import TimeoutException, WebDriverException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support import expected_conditions as ec
@@ -89,9 +90,9 @@ class HeadlessBrowser:
         self.client.limiter.wait(host_of(url))
         try:
             self.driver.get(url)
-            if self.wait_css:
+            if wait_css:
                 WebDriverWait(self.driver, self.timeout).until(
-                    ec.presence_of_element_located((By.CSS_SELECTOR, self.wait_css))
+                    ec.presence_of_element_located((By.CSS_SELECTOR, wait_css))
                 )
         except TimeoutException:
             pass  # the page may legitimately have no such element; parse what rendered

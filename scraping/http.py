@@ -181,6 +181,7 @@ class PoliteClient:
     # -- fetching ------------------------------------------------------------------------------
     def get(self, url: str, max_bytes: int | None = None) -> Response:
         """Fetch `url`; raises FetchError with a reason once retries are spent."""
+        self._check_host(url, url)
         return self._get_with_retries(url, check_robots=True, max_bytes=max_bytes)
 
     def _get_with_retries(self, url: str, check_robots: bool, max_bytes: int | None = None) -> Response:

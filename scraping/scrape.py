@@ -34,6 +34,7 @@ GUTENBERG = "https://www.gutenberg.org"
 # the /1/2/3/1234/ layout.
 DEFAULT_MIRROR = "https://aleph.pglaf.org"
 CATALOG_MAX_BYTES = 256 << 20  # the full feed is ~20 MB and growing
+LISTING_CSS = "div.pgdbbylanguage li a"  # what a rendered listing page shows once its list is built
 
 
 def text_url_paths(book_id: int, layout: str = "gutenberg") -> list[str]:
@@ -141,11 +142,15 @@ def discover_from_listing(
     client: PoliteClient,
     site: str,
     language: str,
-    fetch_html: Callable[[str], str],
+    fetch_html: Callable[..., str],
     book_pages: bool = True,
 ) -> list[BookRecord]:
-    """Books of the language listing; each book page then confirms language and metadata."""
-    listed = parse_language_listing(fetch_html(site + LISTING_PATH.format(lang=language)))
+    """Books of the language listing; each book page then confirms language and metadata.
+
+    `fetch_html(url, wait_css=None)` returns a page's HTML; a browser waits for `wait_css`.
+    """
+    listing_url = site + LISTING_PATH.format(lang=language)
+    listed = parse_language_listing(fetch_html(listing_url, wait_css=LISTING_CSS))
     if not book_pages:
         return listed
     books = []
@@ -277,7 +282,8 @@ def discover(config: ScrapeConfig, client: PoliteClient, summary: ScrapeSummary)
                     from_listing = discover_from_listing(client, site, config.language, browser.page_source)
             else:
                 from_listing = discover_from_listing(
-                    client, site, config.language, lambda url: client.get(url).content.decode("utf-8")
+                    client, site, config.language,
+                    lambda url, wait_css=None: client.get(url).content.decode("utf-8", errors="replace"),
                 )
         if config.discover == "both":
             cat, lst = {b.id for b in from_catalog}, {b.id for b in from_listing}
