@@ -15,8 +15,15 @@ SHARED_BOOKS = Path(os.environ.get("PTGPT_SHARED_BOOKS", SHARED_BOOKS))
 @pytest.fixture(autouse=True)
 def _offline_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """No test may reach a hub or phone home."""
-    for k, v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                 "SE_OFFLINE": "true", "SE_AVOID_STATS": "true", "DO_NOT_TRACK": "1", "MPLBACKEND": "Agg"}.items():
+    for k, v in {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "SE_OFFLINE": "true",
+        "SE_AVOID_STATS": "true",
+        "DO_NOT_TRACK": "1",
+        "MPLBACKEND": "Agg",
+    }.items():
         monkeypatch.setenv(k, v)
     if "HF_HOME" not in os.environ:
         monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf"))

@@ -42,7 +42,9 @@ def test_every_real_book_downloads_byte_identical(shared_books, tmp_path):
     books = mirror_books_from_folder(shared_books / "books")
     assert len(books) == 485
     with GutenbergMirror(books) as m:
-        r = CliRunner().invoke(main, ["scrape", "--source", m.url, "--out", str(tmp_path), "--rate", "0", "--quiet"])
+        r = CliRunner().invoke(
+            main, ["scrape", "--source", m.url, "--out", str(tmp_path), "--rate", "0", "--quiet"]
+        )
     assert r.exit_code == 0, r.output
     for book in books:
         assert (tmp_path / f"{book.id}.txt").read_bytes() == book.data, book.id

@@ -31,8 +31,11 @@ def book_path(mirror: GutenbergMirror, book_id: int) -> str:
 
 
 def first_book(mirror: GutenbergMirror, layout: str | None = None) -> MirrorBook:
-    return next(b for b in sorted(mirror.site.books.values(), key=lambda b: b.id)
-                if layout is None or b.layout == layout)
+    return next(
+        b
+        for b in sorted(mirror.site.books.values(), key=lambda b: b.id)
+        if layout is None or b.layout == layout
+    )
 
 
 def test_all_sample_books_stored_byte_exact(mirror_factory, tmp_path):

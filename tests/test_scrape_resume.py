@@ -23,8 +23,21 @@ def store_snapshot(root: Path) -> tuple[dict[str, bytes], list[dict]]:
 
 
 def scrape_cmd(url: str, out: Path) -> list[str]:
-    return [sys.executable, "-m", "ptgpt", "scrape", "--source", url, "--out", str(out), "--rate", "0",
-            "--timeout", "60", "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "ptgpt",
+        "scrape",
+        "--source",
+        url,
+        "--out",
+        str(out),
+        "--rate",
+        "0",
+        "--timeout",
+        "60",
+        "--quiet",
+    ]
 
 
 def test_killed_scrape_resumes_to_identical_store(mirror_factory, tmp_path):
