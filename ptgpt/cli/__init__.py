@@ -10,6 +10,7 @@ import click
 
 from ptgpt import __version__
 from ptgpt.cli.demo import demo
+from ptgpt.cli.model import export_hf
 from ptgpt.cli.scrape import mirror, scrape
 
 
@@ -22,3 +23,4 @@ def main() -> None:
 main.add_command(scrape)
 main.add_command(mirror)
 main.add_command(demo)
+main.add_command(export_hf)
