@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from ptgpt import __version__
+from ptgpt.cli.corpus import corpus
 from ptgpt.cli.demo import demo
 from ptgpt.cli.model import export_hf
 from ptgpt.cli.scrape import mirror, scrape
@@ -23,4 +24,5 @@ def main() -> None:
 main.add_command(scrape)
 main.add_command(mirror)
 main.add_command(demo)
+main.add_command(corpus)
 main.add_command(export_hf)

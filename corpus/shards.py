@@ -1,0 +1,155 @@
+"""Stage 9: Parquet shards (docs/formats.md, "Corpus").
+
+One `ShardWriter` per split writes `part-NNNNN.parquet` files: zstd, row groups of
+`row_group_rows` rows so a reader can stream them, whole books only (a book never spans two
+shards, so a shard is a self-contained unit for a data-parallel reader). A shard is written under a
+temporary name and renamed when closed; its sha256 and counts are returned for the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA = pa.schema(
+    [
+        ("book_id", pa.int32()),
+        ("paragraph_index", pa.int32()),
+        ("title", pa.string()),
+        ("author", pa.string()),
+        ("text", pa.string()),
+        ("tokens", pa.list_(pa.int32())),
+        ("n_bytes", pa.int32()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    row_group_rows: int = 1000  # about a thousand paragraphs: small enough to stream
+    shard_text_bytes: int = 32 * 2**20  # start a new shard after a book once this much text is written
+    compression: str = "zstd"
+    compression_level: int = 3
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ShardWriter:
+    """Writes the rows of one split into numbered shards, book by book.
+
+    Usage: `add_book(...)` for each book in order, then `close()`, which returns the shard entries
+    for manifest.json. `root` is the corpus folder; shards go to `root/<split>/`.
+    """
+
+    def __init__(self, root: str | Path, split: str, config: ShardConfig = ShardConfig()):
+        self.root = Path(root)
+        self.split = split
+        self.config = config
+        (self.root / split).mkdir(parents=True, exist_ok=True)
+        self.shards: list[dict] = []
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: Path | None = None
+        self._rows: dict[str, list] = {name: [] for name in SCHEMA.names}
+        self._stats = dict(rows=0, tokens=0, bytes=0, row_groups=0)
+
+    def _open(self) -> None:
+        name = f"part-{len(self.shards):05d}.parquet"
+        self._tmp = self.root / self.split / f".{name}.tmp"
+        self._writer = pq.ParquetWriter(
+            self._tmp,
+            SCHEMA,
+            compression=self.config.compression,
+            compression_level=self.config.compression_level,
+            write_statistics=["book_id", "paragraph_index", "n_bytes"],
+        )
+        self._stats = dict(rows=0, tokens=0, bytes=0, row_groups=0)
+
+    def _flush(self, final: bool = False) -> None:
+        n = self.config.row_group_rows
+        while len(self._rows["book_id"]) >= n or (final and self._rows["book_id"]):
+            chunk = {k: v[:n] for k, v in self._rows.items()}
+            self._rows = {k: v[n:] for k, v in self._rows.items()}
+            assert self._writer is not None
+            self._writer.write_table(pa.Table.from_pydict(chunk, schema=SCHEMA), row_group_size=n)
+            self._stats["row_groups"] += 1
+
+    def add_book(
+        self,
+        book_id: int,
+        title: str,
+        author: str,
+        paragraph_indices: Sequence[int],
+        texts: Sequence[str],
+        tokens: Sequence[Sequence[int]],
+    ) -> None:
+        """Append one whole book's rows, in paragraph order."""
+        if not (len(paragraph_indices) == len(texts) == len(tokens)):
+            raise ValueError("paragraph_indices, texts and tokens must have the same length")
+        if not texts:
+            return
+        if self._writer is None:
+            self._open()
+        n_bytes = [len(t.encode("utf-8")) for t in texts]
+        rows = self._rows
+        rows["book_id"].extend([book_id] * len(texts))
+        rows["paragraph_index"].extend(paragraph_indices)
+        rows["title"].extend([title] * len(texts))
+        rows["author"].extend([author] * len(texts))
+        rows["text"].extend(texts)
+        rows["tokens"].extend(tokens)
+        rows["n_bytes"].extend(n_bytes)
+        self._stats["rows"] += len(texts)
+        self._stats["tokens"] += sum(len(t) for t in tokens)
+        self._stats["bytes"] += sum(n_bytes)
+        self._flush()
+        if self._stats["bytes"] >= self.config.shard_text_bytes:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self._writer is None:
+            return
+        self._flush(final=True)
+        self._writer.close()
+        assert self._tmp is not None
+        final = self._tmp.with_name(self._tmp.name[1 : -len(".tmp")])
+        os.replace(self._tmp, final)
+        self.shards.append(
+            {"file": f"{self.split}/{final.name}", **self._stats, "sha256": sha256_file(final)}
+        )
+        self._writer = None
+        self._tmp = None
+
+    def close(self) -> list[dict]:
+        """Finish the last shard; returns one manifest entry per shard."""
+        self._close_shard()
+        return self.shards
+
+    def abort(self) -> None:
+        """Drop the shard being written (its temp file); finished shards stay."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

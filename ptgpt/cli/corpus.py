@@ -1,0 +1,161 @@
+"""`ptgpt corpus build` and `ptgpt corpus stats`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group()
+def corpus() -> None:
+    """Turn a raw store into a tokenized, deduplicated Parquet corpus."""
+
+
+@corpus.command()
+@click.option(
+    "--raw",
+    "raw_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    required=True,
+    help="Raw store: <id>.txt files, with or without manifest.jsonl.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Corpus folder (shards, tokenizer.model, manifest.json). Rerunning resumes.",
+)
+@click.option("--vocab-size", type=click.IntRange(min=8), default=32000, show_default=True)
+@click.option(
+    "--model-type",
+    type=click.Choice(["bpe", "unigram"]),
+    default="bpe",
+    show_default=True,
+    help="SentencePiece model.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Processes for cleaning and threads for encoding. Default: all cores.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Per-book cache (default OUT/.cache); reusing it makes reruns fast.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def build(
+    raw_dir: Path,
+    out_dir: Path,
+    vocab_size: int,
+    model_type: str,
+    workers: int | None,
+    cache_dir: Path | None,
+    quiet: bool,
+) -> None:
+    """Clean, deduplicate, split, tokenize and shard the books of RAW into OUT."""
+    from corpus.build import CorpusConfig, build_corpus
+    from corpus.tokenizer import TokenizerConfig
+
+    config = CorpusConfig(tokenizer=TokenizerConfig(vocab_size=vocab_size, model_type=model_type))
+    try:
+        manifest = build_corpus(
+            raw_dir,
+            out_dir,
+            config,
+            workers=workers or os.cpu_count(),
+            progress=not quiet,
+            cache_dir=cache_dir,
+        )
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(summary_table(manifest))
+    click.echo(f"\nwrote {out_dir}/manifest.json in {manifest['build']['seconds']:.1f} s")
+
+
+@corpus.command()
+@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--verify", is_flag=True, help="Also check every shard's and the tokenizer's sha256.")
+def stats(out_dir: Path, verify: bool) -> None:
+    """Print the statistics of a finished corpus in OUT_DIR."""
+    from corpus.build import load_manifest
+    from corpus.shards import sha256_file
+
+    try:
+        manifest = load_manifest(out_dir)
+    except FileNotFoundError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(summary_table(manifest))
+    if verify:
+        files = [(manifest["tokenizer"]["file"], manifest["tokenizer"]["sha256"])]
+        files += [(s["file"], s["sha256"]) for split in manifest["splits"].values() for s in split["shards"]]
+        bad = [f for f, digest in files if not (out_dir / f).exists() or sha256_file(out_dir / f) != digest]
+        if bad:
+            click.echo(f"\n{len(bad)} file(s) missing or changed: {', '.join(bad)}", err=True)
+            sys.exit(1)
+        click.echo(f"\nverified {len(files)} files")
+
+
+def summary_table(manifest: dict) -> str:
+    """A plain-text table of the splits, then drops and near-duplicate editions."""
+    rows = [("split", "books", "paragraphs", "tokens", "MB", "bytes/tok", "shards")]
+    totals = [0, 0, 0, 0, 0]
+    for name, s in manifest["splits"].items():
+        bpt = f"{s['bytes'] / s['tokens']:.2f}" if s["tokens"] else "-"
+        rows.append(
+            (
+                name,
+                f"{len(s['books']):,}",
+                f"{s['rows']:,}",
+                f"{s['tokens']:,}",
+                f"{s['bytes'] / 1e6:.1f}",
+                bpt,
+                str(len(s["shards"])),
+            )
+        )
+        for i, v in enumerate((len(s["books"]), s["rows"], s["tokens"], s["bytes"], len(s["shards"]))):
+            totals[i] += v
+    tb = f"{totals[3] / totals[2]:.2f}" if totals[2] else "-"
+    rows.append(
+        (
+            "total",
+            f"{totals[0]:,}",
+            f"{totals[1]:,}",
+            f"{totals[2]:,}",
+            f"{totals[3] / 1e6:.1f}",
+            tb,
+            str(totals[4]),
+        )
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for j, r in enumerate(rows):
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+        if j == 0 or j == len(rows) - 2:
+            lines.append("  ".join("-" * w for w in widths))
+    tok = manifest["tokenizer"]
+    lines.append(
+        f"\ntokenizer: {tok['file']} ({tok.get('config', {}).get('model_type', '?')}, vocab {tok['vocab_size']})"
+    )
+    books = manifest.get("books", {})
+    drops = manifest.get("drops", {})
+    if books:
+        lines.append(f"raw files: {books['raw_files']}, books kept: {books['kept']}")
+    for kind in ("books", "paragraphs"):
+        if drops.get(kind):
+            lines.append(f"{kind} dropped: " + ", ".join(f"{k} {v:,}" for k, v in drops[kind].items()))
+    for g in books.get("near_duplicates", []):
+        lines.append(
+            f"near-duplicate: kept {g['kept']}, dropped {', '.join(g['dropped'])} (~{g['similarity']:.2f})"
+        )
+    return "\n".join(lines)
