@@ -43,13 +43,7 @@ class BrowserUnavailable(RuntimeError):
 class HeadlessBrowser:
     """One headless Chromium session; `page_source(url)` returns the HTML after scripts ran."""
 
-    def __init__(
-        self,
-        client: PoliteClient,
-        wait_css: str | None = None,
-        timeout: float = 20.0,
-        local_only: bool = False,
-    ):
+    def __init__(self, client: PoliteClient, timeout: float = 20.0, local_only: bool = False):
         for path in (CHROMIUM, CHROMEDRIVER):
             if not os.access(path, os.X_OK):
                 raise BrowserUnavailable(

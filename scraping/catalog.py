@@ -243,8 +243,12 @@ def parse_book_page(html: str, book_id: int) -> BookPage:
     f = parser.fields
     language = None
     if f.get("language"):
-        names = [LANGUAGE_CODES.get(n.strip().lower(), n.strip())
-                 for cell in f["language"] for n in re.split(r",| and ", cell) if n.strip()]
+        names = [
+            LANGUAGE_CODES.get(n.strip().lower(), n.strip())
+            for cell in f["language"]
+            for n in re.split(r",| and ", cell)
+            if n.strip()
+        ]
         language = "; ".join(names)
     return BookPage(
         id=book_id,

@@ -254,8 +254,19 @@ def _fill_from_header(rec: BookRecord, data: bytes) -> BookRecord:
 
 
 # -- the run ----------------------------------------------------------------------------------------
+def make_client(config: ScrapeConfig) -> PoliteClient:
+    """The polite client of a run, allowed onto the source's and the text base's hosts only."""
+    client = PoliteClient(config.fetch)
+    if is_url(config.source):
+        client.allow_host(config.source)
+        client.allow_host(resolve_text_base(config)[0])
+    return client
+
+
 def discover(config: ScrapeConfig, client: PoliteClient, summary: ScrapeSummary) -> list[BookRecord]:
-    """All books to fetch, after --ids and --limit."""
+    """All books to fetch, after --ids and --limit; cross-check results go into `summary`."""
+    if config.discover not in ("catalog", "listing", "both"):
+        raise ValueError(f"discover must be catalog, listing or both, not {config.discover!r}")
     if not is_url(config.source):
         folder = Path(config.source)
         if not folder.is_dir():
@@ -263,11 +274,8 @@ def discover(config: ScrapeConfig, client: PoliteClient, summary: ScrapeSummary)
         books = discover_local(folder)
     else:
         site = _site(config.source)
-        client.allow_host(site)
         from_catalog: list[BookRecord] = []
         from_listing: list[BookRecord] = []
-        if config.discover not in ("catalog", "listing", "both"):
-            raise ValueError(f"discover must be catalog, listing or both, not {config.discover!r}")
         if config.discover in ("catalog", "both"):
             from_catalog, summary.catalog_malformed_rows = discover_from_catalog(
                 client, site, config.language
@@ -276,13 +284,13 @@ def discover(config: ScrapeConfig, client: PoliteClient, summary: ScrapeSummary)
             if config.browser:
                 from scraping.browser import HeadlessBrowser
 
-                with HeadlessBrowser(
-                    client, wait_css="div.pgdbbylanguage li a", local_only=config.local_only
-                ) as browser:
+                with HeadlessBrowser(client, local_only=config.local_only) as browser:
                     from_listing = discover_from_listing(client, site, config.language, browser.page_source)
             else:
                 from_listing = discover_from_listing(
-                    client, site, config.language,
+                    client,
+                    site,
+                    config.language,
                     lambda url, wait_css=None: client.get(url).content.decode("utf-8", errors="replace"),
                 )
         if config.discover == "both":
@@ -297,6 +305,34 @@ def discover(config: ScrapeConfig, client: PoliteClient, summary: ScrapeSummary)
     return books
 
 
+def fetch_book(book: BookRecord, config: ScrapeConfig, client: PoliteClient, store: RawStore) -> int:
+    """Store one book's text unless a verified copy is there: bytes stored, 0 when skipped.
+
+    Raises FetchError when every candidate failed. The per-book step, for loops and task mappers.
+    """
+    if store.is_verified(book.id):
+        return 0
+    if is_url(config.source):
+        base, layout = resolve_text_base(config)
+        data, url = download_text(client, base, book.id, layout)
+    else:
+        path = _local_file(Path(config.source), book.id)
+        data, url = path.read_bytes(), str(path.resolve())
+        if problem := validate_text(data):
+            raise FetchError(url, problem)
+    book = _fill_from_header(book, data)
+    store.put(
+        book.id,
+        data,
+        title=book.title,
+        authors=book.authors,
+        language=book.language,
+        source_url=url,
+        fetched_at=utc_now(),
+    )
+    return len(data)
+
+
 def iter_scrape(config: ScrapeConfig, summary: ScrapeSummary) -> Iterator[tuple[BookRecord, str]]:
     """Run the scrape, yielding (book, outcome) with outcome in downloaded/skipped/failed.
 
@@ -304,43 +340,23 @@ def iter_scrape(config: ScrapeConfig, summary: ScrapeSummary) -> Iterator[tuple[
     """
     start = time.monotonic()
     store = RawStore(config.out)
-    with PoliteClient(config.fetch) as client:
+    with make_client(config) as client:
         books = discover(config, client, summary)
         summary.found = len(books)
-        local = not is_url(config.source)
-        if not local:
-            base, layout = resolve_text_base(config)
-            client.allow_host(base)
         for book in books:
-            if store.is_verified(book.id):
-                summary.skipped += 1
-                yield book, "skipped"
-                continue
             try:
-                if local:
-                    path = _local_file(Path(config.source), book.id)
-                    data, url = path.read_bytes(), str(path.resolve())
-                    if problem := validate_text(data):
-                        raise FetchError(url, problem)
-                else:
-                    data, url = download_text(client, base, book.id, layout)
+                stored = fetch_book(book, config, client, store)
             except FetchError as e:
                 summary.failed.append((book.id, str(e)))
                 yield book, "failed"
                 continue
-            book = _fill_from_header(book, data)
-            store.put(
-                book.id,
-                data,
-                title=book.title,
-                authors=book.authors,
-                language=book.language,
-                source_url=url,
-                fetched_at=utc_now(),
-            )
-            summary.downloaded += 1
-            summary.bytes += len(data)
-            yield book, "downloaded"
+            if stored:
+                summary.downloaded += 1
+                summary.bytes += stored
+                yield book, "downloaded"
+            else:
+                summary.skipped += 1
+                yield book, "skipped"
     store.compact()
     summary.seconds = time.monotonic() - start
 
