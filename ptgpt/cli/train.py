@@ -1,0 +1,192 @@
+"""`ptgpt train`, `ptgpt generate` and `ptgpt eval`: thin wrappers over training/train.py and evaluate.py.
+
+torch is imported inside the command bodies, so `ptgpt --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command(
+    "train",
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+)
+@click.option(
+    "--corpus",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Corpus folder written by `ptgpt corpus build`.",
+)
+@click.option(
+    "--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder."
+)
+@click.option("--preset", default="tiny", show_default=True, help="Model preset: tiny, small, base, *-moe.")
+@click.option("--max-steps", type=int, default=1000, show_default=True, help="Total optimizer steps.")
+@click.option(
+    "--nproc", type=int, default=1, show_default=True, help="Processes on this machine (torchrun, DDP)."
+)
+@click.pass_context
+def train(ctx: click.Context, corpus: Path, run_dir: Path, preset: str, max_steps: int, nproc: int) -> None:
+    """Train a GPT on a corpus, or continue the run in RUN from its newest valid checkpoint.
+
+    Any further option goes to the trainer as is: every TrainConfig field (--batch-size, --lr,
+    --eval-every, --checkpoint-every, --compile true, ...) and every ModelConfig field (--n-layer,
+    --n-embd, --n-experts, ...). `python -m training.train --help` lists them all.
+    """
+    argv = [
+        "--corpus",
+        str(corpus),
+        "--run-dir",
+        str(run_dir),
+        "--preset",
+        preset,
+        "--max-steps",
+        str(max_steps),
+    ]
+    argv += list(ctx.args)
+    if nproc > 1:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "training.train",
+            *argv,
+        ]
+        sys.exit(subprocess.call(cmd))
+    from training.train import main
+
+    sys.exit(main(argv))
+
+
+def _checkpoint_of(run_dir: Path | None, checkpoint_dir: Path | None) -> Path:
+    from training.checkpoint import latest_checkpoint, latest_valid_training_checkpoint
+
+    if (run_dir is None) == (checkpoint_dir is None):
+        raise click.UsageError("give exactly one of --run or --checkpoint")
+    if checkpoint_dir is not None:
+        return checkpoint_dir
+    return latest_valid_training_checkpoint(run_dir) or latest_checkpoint(run_dir)
+
+
+def _device(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+_run_option = click.option(
+    "--run", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Run folder."
+)
+_checkpoint_option = click.option(
+    "--checkpoint",
+    "checkpoint_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A checkpoint folder instead of the run's newest.",
+)
+_device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+
+
+@click.command("generate")
+@_run_option
+@_checkpoint_option
+@click.option("--prompt", "prompts", multiple=True, required=True, help="Text to continue (repeatable).")
+@click.option("--max-new-tokens", type=int, default=100, show_default=True)
+@click.option("--temperature", type=float, default=0.8, show_default=True, help="0 is greedy.")
+@click.option("--top-k", type=int, default=50, show_default=True, help="0 disables.")
+@click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold.")
+@click.option("--seed", type=int, default=1234, show_default=True)
+@click.option(
+    "--tokenizer",
+    "tokenizer_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="tokenizer.model [default: the one recorded in the checkpoint].",
+)
+@_device_option
+def generate(
+    run_dir: Path | None,
+    checkpoint_dir: Path | None,
+    prompts: tuple[str, ...],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float | None,
+    seed: int,
+    tokenizer_path: Path | None,
+    device: str,
+) -> None:
+    """Continue prompts with a trained model, e.g. --prompt "Era uma vez"."""
+    from training.checkpoint import load_model, read_checkpoint_config
+    from training.evaluate import generate_samples, load_tokenizer
+
+    checkpoint = _checkpoint_of(run_dir, checkpoint_dir)
+    tokenizer_path = tokenizer_path or read_checkpoint_config(checkpoint).get("tokenizer_path")
+    if not tokenizer_path or not Path(tokenizer_path).is_file():
+        raise click.UsageError(f"no tokenizer found for {checkpoint}: pass --tokenizer")
+    device = _device(device)
+    model = load_model(checkpoint, device=device)
+    texts = generate_samples(
+        model,
+        load_tokenizer(tokenizer_path),
+        list(prompts),
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k or None,
+        top_p=top_p,
+        seed=seed,
+        device=device,
+    )
+    click.echo(f"# {checkpoint}", err=True)
+    for text in texts:
+        click.echo(text)
+        click.echo()
+
+
+@click.command("eval")
+@_run_option
+@_checkpoint_option
+@click.option(
+    "--corpus",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Corpus folder [default: the run's].",
+)
+@click.option("--split", default="validation", show_default=True)
+@click.option("--block-size", type=int, default=None, help="[default: the run's]")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--max-batches", type=int, default=None, help="Evaluate only this many batches.")
+@_device_option
+def eval_command(
+    run_dir: Path | None,
+    checkpoint_dir: Path | None,
+    corpus: Path | None,
+    split: str,
+    block_size: int | None,
+    batch_size: int,
+    max_batches: int | None,
+    device: str,
+) -> None:
+    """Loss, perplexity and bits per byte of a checkpoint on a corpus split; prints JSON."""
+    from training.checkpoint import load_model, read_checkpoint_config
+    from training.data import check_tokenizer
+    from training.evaluate import evaluate
+
+    checkpoint = _checkpoint_of(run_dir, checkpoint_dir)
+    meta = read_checkpoint_config(checkpoint)
+    corpus = corpus or (Path(meta["corpus"]) if meta.get("corpus") else None)
+    if corpus is None:
+        raise click.UsageError(f"{checkpoint} records no corpus: pass --corpus")
+    if meta.get("tokenizer_sha256"):
+        check_tokenizer(corpus, meta["tokenizer_sha256"])
+    block_size = block_size or meta.get("train", {}).get("block_size") or meta["model"]["max_seq_len"]
+    device = _device(device)
+    model = load_model(checkpoint, device=device)
+    result = evaluate(model, corpus, split, block_size, batch_size, max_batches, device)
+    click.echo(json.dumps({"checkpoint": str(checkpoint), "split": split, **result}))
