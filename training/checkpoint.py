@@ -298,6 +298,14 @@ def latest_valid_training_checkpoint(run_dir: str | Path) -> Path | None:
     return None
 
 
+def best_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint to read weights from: the newest that verifies, else the newest complete one.
+
+    For generate, eval and export: a run whose latest folder is damaged still yields the previous one.
+    """
+    return latest_valid_training_checkpoint(run_dir) or latest_checkpoint(run_dir)
+
+
 def load_training_checkpoint(
     directory: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -68,13 +68,13 @@ def train(ctx: click.Context, corpus: Path, run_dir: Path, preset: str, max_step
 
 
 def _checkpoint_of(run_dir: Path | None, checkpoint_dir: Path | None) -> Path:
-    from training.checkpoint import latest_checkpoint, latest_valid_training_checkpoint
+    from training.checkpoint import best_checkpoint
 
     if (run_dir is None) == (checkpoint_dir is None):
         raise click.UsageError("give exactly one of --run or --checkpoint")
     if checkpoint_dir is not None:
         return checkpoint_dir
-    return latest_valid_training_checkpoint(run_dir) or latest_checkpoint(run_dir)
+    return best_checkpoint(run_dir)
 
 
 def _device(name: str) -> str:
