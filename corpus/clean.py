@@ -84,8 +84,8 @@ def clean_book(
             ("filter", t4 - t3),
         ):
             timings[stage] = timings.get(stage, 0.0) + dt
-    body_chars = sum(len(p) for p in paragraphs)
-    kept_chars = sum(len(p) for p in result.kept)
+    body_chars = sum(map(len, paragraphs))
+    kept_chars = sum(map(len, result.kept))
     if result.foreign_fraction > config.filter.max_foreign_fraction:
         raise BookRejected(
             "not_portuguese", f"{result.foreign_fraction:.0%} of language-tested text is not Portuguese"

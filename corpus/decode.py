@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 
 UTF8_BOM = b"\xef\xbb\xbf"
-_C1_BYTES_RE = re.compile(rb"[\x80-\x9f]")
+_C1_BYTES = [bytes([b]) for b in range(0x80, 0xA0)]
+_HIGH_BYTES = bytes(range(0x80, 0x100))
 _DECLARED_RE = re.compile(rb"^[ \t]*Character set encoding:[ \t]*([^\r\n]*)", re.IGNORECASE | re.MULTILINE)
 # A UTF-8 text decoded as Latin-1/cp1252: "Ã§" for "ç", "â€”" for "—". Only these high-signal pairs
 # are looked for, so correct uppercase Portuguese ("NÃO", "ÂNCORA") is never touched.
@@ -71,14 +72,32 @@ def _single_byte_codec(raw: bytes, declared: str | None) -> str:
     d = (declared or "").lower().replace("_", "-")
     if "8859-15" in d or "latin-9" in d or "latin9" in d:
         return "iso-8859-15"
-    if _C1_BYTES_RE.search(raw) or "1252" in d or "windows" in d:
+    if _has_c1_bytes(raw) or "1252" in d or "windows" in d:
         return "cp1252"
     return "iso-8859-1"
 
 
-def _mostly_utf8(raw: bytes) -> tuple[bool, int]:
+def _has_c1_bytes(raw: bytes) -> bool:
+    """Any byte in 0x80-0x9F: 32 memchr scans (C speed), ~20x faster than a byte-class regex search."""
+    return any(b in raw for b in _C1_BYTES)
+
+
+def _mostly_utf8(raw: bytes, exact: bool = True) -> tuple[bool, int]:
     """True when a file that failed strict UTF-8 is still UTF-8 apart from a few stray bytes (valid
-    non-ASCII characters outnumber invalid sequences 10 to 1). Returns (verdict, invalid sequences)."""
+    non-ASCII characters outnumber invalid sequences 10 to 1). Returns (verdict, invalid sequences).
+
+    With `exact=False` a file can be rejected from its first `HEADER_SCAN_BYTES * 8` bytes: valid
+    multi-byte characters can never outnumber the file's high bytes, so when the prefix alone holds more
+    than a tenth as many invalid sequences the verdict is already no (the invalid count is then a lower
+    bound). Latin-1 files, most of the non-UTF-8 ones, are settled this way without decoding them whole."""
+    if not exact:
+        cut = raw.rfind(b"\n", 0, HEADER_SCAN_BYTES * 8) + 1  # an ASCII boundary: no sequence is split
+        if cut:
+            prefix = raw[:cut].decode("utf-8", errors="replace")
+            invalid = prefix.count("\ufffd") - raw[:cut].count(b"\xef\xbf\xbd")
+            high_bytes = len(raw) - len(raw.translate(None, _HIGH_BYTES))
+            if invalid > 0 and high_bytes < 10 * invalid:
+                return False, invalid
     with_replacements = raw.decode("utf-8", errors="replace")
     invalid = with_replacements.count("\ufffd") - raw.count(b"\xef\xbf\xbd")
     # Extra UTF-8 bytes beyond one per character: 1-3 per multi-byte character.
@@ -130,12 +149,16 @@ def decode_gutenberg(raw: bytes) -> DecodedText:
     declared = declared_charset(raw)
     had_bom = raw.startswith(UTF8_BOM)
     body = raw[len(UTF8_BOM) :] if had_bom else raw
+    # Line endings are fixed on the bytes: CR and LF are single bytes in every codec used here (never
+    # inside a UTF-8 sequence), so this equals doing it on the text, and is cheaper (one byte a character).
+    if b"\r" in body:
+        body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
     fallback_bytes = 0
     try:
         text = body.decode("utf-8")
         encoding = "utf-8"
     except UnicodeDecodeError:
-        mostly, invalid = _mostly_utf8(body)
+        mostly, invalid = _mostly_utf8(body, exact=had_bom)
         if mostly or had_bom:
             text = body.decode("utf-8", errors="ptgpt_cp1252")
             encoding, fallback_bytes = "utf-8+cp1252-bytes", invalid
@@ -145,8 +168,6 @@ def decode_gutenberg(raw: bytes) -> DecodedText:
                 text = body.decode("cp1252", errors="ptgpt_cp1252")
             else:
                 text = body.decode(encoding)  # total: every byte maps to a character
-    if "\r" in text:
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
     text, repaired = repair_mojibake(text)
     return DecodedText(
         text=text,

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections import Counter
 from dataclasses import dataclass
 from itertools import pairwise
+
+import numpy as np
 
 _INVISIBLE = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
 _ODD_SPACES = (
@@ -41,7 +42,7 @@ _REPLACEMENTS = (
 _HYPHEN_RUN_RE = re.compile(r"--+")  # literal first: scanning is fast; runs of 3+ are rules, left alone
 _DIALOGUE_EN_DASH_RE = re.compile(r"^([ \t]*)–", re.MULTILINE)
 _ITALICS_RE = re.compile(r"_(?<![\w_]_)([^_\s](?:(?:[^_\n]|\n(?!\n)){0,400}?[^_\s])?)_(?![\w_])")
-_MULTI_SPACE_RE = re.compile(r"  +")
+_SPACE_RUN_RE = re.compile(r" +")
 _HYPHEN_BREAK_RE = re.compile(r"(?<=[^\W\d_])([-—])\n")  # letter + hyphen/dash at a line end: join tight
 _BLOCK_SPLIT_RE = re.compile(r"\n[ \t]*(?:\n[ \t]*)+")
 
@@ -64,20 +65,32 @@ class UnwrapConfig:
     min_forced_fraction: float = 0.5
 
 
+def _line_lengths(text: str) -> np.ndarray:
+    """Length in characters of every line of `text` (what `map(len, text.split("\n"))` gives), from the
+    newline positions in a fixed-width encoding of the text: no million small line strings are made."""
+    try:
+        units = np.frombuffer(text.encode("latin-1"), dtype=np.uint8)  # most books: one byte a character
+    except UnicodeEncodeError:
+        units = np.frombuffer(text.encode("utf-16-le", "surrogatepass"), dtype=np.uint16)
+        if len(units) != len(text):  # characters beyond the BMP take two UTF-16 units
+            units = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    newlines = np.flatnonzero(units == 10)
+    return np.diff(newlines, prepend=-1, append=len(text)) - 1
+
+
 def estimate_wrap_width(text: str, config: UnwrapConfig | None = None) -> int:
-    """The width the book was hard-wrapped at, estimated from its line lengths."""
+    """The width the book was hard-wrapped at, estimated from its line lengths: the
+    `wrap_width_percentile` of the non-empty lines no longer than `max_wrap_width`, floored."""
     config = config or UnwrapConfig()
-    histogram = Counter(map(len, text.split("\n")))
-    histogram.pop(0, None)
-    for n in [n for n in histogram if n > config.max_wrap_width]:
-        del histogram[n]
-    total = sum(histogram.values())
-    rank, seen, width = config.wrap_width_percentile * total, 0, 0
-    for width in sorted(histogram):
-        seen += histogram[width]
-        if seen > rank:
-            break
-    return max(width, config.min_wrap_width)
+    lengths = _line_lengths(text)
+    histogram = np.bincount(lengths[(lengths > 0) & (lengths <= config.max_wrap_width)])
+    widths = np.flatnonzero(histogram)
+    if not len(widths):
+        return config.min_wrap_width
+    seen = np.cumsum(histogram[widths])
+    rank = config.wrap_width_percentile * int(seen[-1])
+    first_above = min(int(np.searchsorted(seen, rank, side="right")), len(widths) - 1)
+    return max(int(widths[first_above]), config.min_wrap_width)
 
 
 def is_prose_block(lines: list[str], width: int, min_forced_fraction: float = 0.5, slack: int = 0) -> bool:
@@ -113,7 +126,7 @@ def normalize_text(body: str, config: UnwrapConfig | None = None) -> str:
     """Normalize a body (blocks separated by blank lines) to paragraphs separated by one blank line:
     prose on one line each, verse with its line breaks."""
     config = config or UnwrapConfig()
-    if not unicodedata.is_normalized("NFC", body):
+    if not _is_nfc(body):
         body = unicodedata.normalize("NFC", body)
     for char, replacement in _REPLACEMENTS:
         if char in body:
@@ -138,8 +151,7 @@ def normalize_text(body: str, config: UnwrapConfig | None = None) -> str:
     text = "\n\n".join(paragraphs)
     # Length-changing rewrites come after unwrapping: the wrap test must see the widths the transcriber's
     # editor saw ("--" was two columns, "_word_" seven).
-    if "  " in text:
-        text = _MULTI_SPACE_RE.sub(" ", text)
+    text = _collapse_spaces(text)
     if "---" in text:
         text = _HYPHEN_RUN_RE.sub(lambda m: "—" if len(m.group()) == 2 else m.group(), text)
     elif "--" in text:
@@ -147,10 +159,41 @@ def normalize_text(body: str, config: UnwrapConfig | None = None) -> str:
     if "–" in text:
         text = _DIALOGUE_EN_DASH_RE.sub(r"\1—", text)
     if "_" in text:
-        text = _ITALICS_RE.sub(r"\1", text)
+        text = _ITALICS_RE.sub(_first_group, text)
     return text
+
+
+def _is_nfc(text: str) -> bool:
+    """unicodedata.is_normalized("NFC", text), with a fast path for the ~80% of books whose text fits in
+    Latin-1: every character below U+0100 is NFC-stable with no combining class, so such text is NFC, and
+    the encode that proves it fits is a memcpy."""
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return unicodedata.is_normalized("NFC", text)
+    return True
+
+
+def _first_group(match: re.Match) -> str:
+    return match.group(1)  # cheaper per match than the template r"\1", which re expands in Python
+
+
+def _collapse_spaces(text: str) -> str:
+    """Runs of spaces become one space. A book has ~100 runs in ~200k characters: jumping between them with
+    str.find and slicing is ~1.5x faster than re.sub."""
+    i = text.find("  ")
+    if i < 0:
+        return text
+    parts, start = [], 0
+    while i >= 0:
+        end = _SPACE_RUN_RE.match(text, i).end()
+        parts.append(text[start : i + 1])
+        start = end
+        i = text.find("  ", end)
+    parts.append(text[start:])
+    return "".join(parts)
 
 
 def split_paragraphs(text: str) -> list[str]:
     """Paragraphs of normalized text, in order; a paragraph's index in this list is its paragraph_index."""
-    return [p for p in text.split("\n\n") if p.strip()]
+    return [p for p in text.split("\n\n") if p and not p.isspace()]

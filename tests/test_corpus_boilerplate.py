@@ -5,10 +5,14 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from corpus.boilerplate import (
+    GUTENBERG_MENTION_RE,
     BookRejected,
     find_residue,
+    mentions_gutenberg,
     parse_metadata,
     strip_gutenberg_boilerplate,
 )
@@ -186,3 +190,62 @@ def test_residue_regex_flags_boilerplate_not_prose():
     assert find_residue("[Ilustração: Vista]") is not None
     assert find_residue("O conde de *** chegou; Gutenberg inventou a imprensa.") is None
     assert find_residue("and when rubber is\nproduced by the lands") is None  # prose, not a credit
+
+
+def test_gutenberg_in_prose_does_not_end_the_body():
+    """find_end looks at every line naming (G|g)utenberg or GUTENBERG; only a real END line cuts."""
+    prose = PROSE + "\n\nO livro fala de Gutenberg e da imprensa; gutenberg e GUTENBERG também.\n"
+    text = book(
+        "*** START OF THE PROJECT GUTENBERG EBOOK X ***",
+        prose,
+        "*** END OF THE PROJECT GUTENBERG EBOOK X ***",
+    )
+    s = strip_gutenberg_boilerplate(text)
+    assert "imprensa" in s.body and s.footer.startswith("*** END OF THE PROJECT GUTENBERG")
+    lower = text.replace("*** END OF THE PROJECT GUTENBERG EBOOK X ***", "End of the Project gutenberg EBook")
+    assert strip_gutenberg_boilerplate(lower).footer.startswith("End of the Project gutenberg")
+
+
+def test_page_number_lines_only_when_alone_on_their_line():
+    body = "\n".join(
+        [
+            "Primeira linha de uma página qualquer do livro,",
+            "  {12}  ",
+            "{13}",
+            "segunda linha da mesma frase {14} que continua.",
+            "{12345}",
+            "x {15}",
+            "{16} y",
+            "{}",
+            "última linha.",
+        ]
+    )
+    text = book(
+        "*** START OF THE PROJECT GUTENBERG EBOOK X ***", body, "*** END OF THE PROJECT GUTENBERG EBOOK X ***"
+    )
+    s = strip_gutenberg_boilerplate(text, min_body_chars=10)
+    assert s.removed_placeholders == 2
+    assert s.body.split("\n") == [
+        "Primeira linha de uma página qualquer do livro,",
+        "segunda linha da mesma frase {14} que continua.",
+        "{12345}",
+        "x {15}",
+        "{16} y",
+        "{}",
+        "última linha.",
+    ]
+
+
+MENTION_FRAGMENTS = [
+    "Project Gutenberg", "Projecto  Gutenberg", "www.gutenberg.org", "gutenberg.net", "pgdp.net", "pgdp",
+    "Distributed\nProofreaders", "DISTRIBUTED PROOFREAD", "Dıstributed Proofread", "produced from scanned images",
+    "produced from images", "Biblioteca Nacional Digital", "bnd.bn.pt", "abnd.bn.pt", "Pro\u017fe", "Ku",
+    "GUTENBERG", "Guten berg", "Era uma vez", "\u0130MAGES", "—", "",
+]  # fmt: skip
+
+
+@given(st.lists(st.sampled_from(MENTION_FRAGMENTS), max_size=6), st.booleans())
+def test_gutenberg_mention_prefilter_equals_the_regex(fragments, swap):
+    block = " ".join(fragments)
+    block = block.swapcase() if swap else block
+    assert mentions_gutenberg(block) == bool(GUTENBERG_MENTION_RE.search(block))

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from corpus.decode import declared_charset, decode_gutenberg, repair_mojibake
+from corpus.decode import _mostly_utf8, declared_charset, decode_gutenberg, repair_mojibake
 
 PT = "Constituição, coração, pão, avó, À noite; «Não!» disse-lhe."
 
@@ -109,3 +109,25 @@ def test_round_trip_is_lossless(text, codec):
     if d.mojibake_repaired == 0:
         assert d.text == expected
     assert d.replacements == expected.count("\ufffd")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        (PT + "\n").encode("iso-8859-1") * 3000,  # Latin-1, far longer than the prefix the shortcut reads
+        (PT + "\n").encode("utf-8") * 3000 + "café\n".encode("iso-8859-1"),  # UTF-8 with one stray byte
+        "café\n".encode("iso-8859-1") * 5 + (PT + "\n").encode("utf-8") * 3000,  # strays up front only
+        ("x" * 100 + "\n").encode() * 800 + (PT + "\n").encode("iso-8859-1") * 50,  # Latin-1 after the prefix
+    ],
+)
+def test_mostly_utf8_shortcut_gives_the_exact_verdict(raw):
+    assert _mostly_utf8(raw, exact=False)[0] == _mostly_utf8(raw)[0]
+
+
+def test_crlf_fixed_on_bytes_in_every_codec():
+    for codec in ("utf-8", "iso-8859-1", "cp1252"):
+        raw = header("x") + "pão\r\ncoração\rfim\r\n".encode(codec)
+        assert decode_gutenberg(raw).text.endswith("pão\ncoração\nfim\n"), codec
+    raw = b"\xef\xbb\xbf" + "pão\r\n".encode() + b"caf\xe9\r\n"  # BOM + stray Latin-1 byte
+    d = decode_gutenberg(raw)
+    assert d.text == "pão\ncafé\n" and d.encoding == "utf-8+cp1252-bytes"

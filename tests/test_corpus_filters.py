@@ -7,6 +7,7 @@ import pytest
 from corpus.filters import (
     FilterConfig,
     detect_language,
+    detect_languages,
     drop_reason,
     filter_paragraphs,
     is_sentence,
@@ -123,3 +124,44 @@ def test_fast_path_gives_the_same_reasons_as_the_regex_path():
     assert len(gate) == len(plain) == len(paragraphs)
     for p, head in zip(paragraphs, plain, strict=True):
         assert drop_reason(p, cfg, head) == drop_reason(p, cfg), p
+
+
+def test_batched_language_id_is_identical_to_py3langid():
+    """detect_languages walks py3langid's automaton for many paragraphs at once in numpy; every result
+    must equal the one-paragraph-at-a-time library call exactly (same float, not just the same verdict)."""
+    cfg = FilterConfig()
+    paragraphs = [PT, EN, FR, OLD_PT_GL, PT.upper(), "", "x", "12345 67890", "ÇÃO ÕES ÂNCORA", EN + " " + PT]
+    paragraphs += ["Que bello dia! " * 3, "Il était une fois, dans un pays lointain, un roi.", "🙂 " * 20]
+    paragraphs += [PT[i:] for i in range(0, 60, 7)]  # shifted windows: automaton states across offsets
+    batched = detect_languages(paragraphs, cfg)
+    assert batched == [detect_language(p, cfg) for p in paragraphs]
+    assert detect_languages([], cfg) == []
+    assert detect_languages([EN], cfg) == [detect_language(EN, cfg)]  # a batch of one: no cross-talk
+
+
+def test_filter_verdicts_equal_the_one_by_one_reference():
+    """filter_paragraphs decides common prose inline and batches language id; on a mixed book the
+    verdicts must be those of drop_reason + quick gate + detect_language applied paragraph by paragraph."""
+    cfg = FilterConfig()
+    paragraphs = [PT, EN, "CAPITULO I", FR, "Introducção .......... 12", OLD_PT_GL, "—Sim.", "Lisboa, 1877."]
+    paragraphs += ["Quizera-o alli sempre, e mais nada se ouvia na casa.", "x_y_z " * 10, "A" * 30 + " 9"]
+    result = filter_paragraphs(paragraphs, cfg)
+    expected = []
+    for p in paragraphs:
+        reason = drop_reason(p, cfg)
+        tested = reason is None and len(p) >= cfg.langid_min_chars and not quick_is_portuguese(p[:200])
+        if tested and detect_language(p, cfg)[1] < cfg.min_accept_probability:
+            reason = "not_portuguese"
+        expected.append(reason)
+    assert result.kept == [p for p, r in zip(paragraphs, expected, strict=True) if r is None]
+    assert sum(result.drops.values()) == sum(r is not None for r in expected)
+
+
+def test_empty_book_and_nul_characters_keep_paragraphs_aligned():
+    """prepare_heads joins heads with NUL: a NUL inside a paragraph must not shift the views by one."""
+    assert filter_paragraphs([]).kept == [] and prepare_heads([]) == ([], [])
+    nul = "abc\x00def " * 10
+    gate, plain = prepare_heads([nul, PT])
+    assert len(gate) == len(plain) == 2 and plain[1].isalpha()
+    result = filter_paragraphs([nul, PT, EN])
+    assert result.kept == [PT] and result.drops == {"symbols": 1, "not_portuguese": 1}

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 import unicodedata
+from collections import Counter
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from corpus.normalize import (
     UnwrapConfig,
+    _collapse_spaces,
+    _is_nfc,
     estimate_wrap_width,
     is_prose_block,
     join_prose_lines,
@@ -102,3 +109,36 @@ def test_long_line_verse_book_keeps_its_lines():
         "Faziam-o cruel; e ás noutes embriagado"
     )
     assert normalize_text(alexandrines + "\n\n" + alexandrines) == alexandrines + "\n\n" + alexandrines
+
+
+@given(st.text(alphabet=" a-\n—", max_size=60))
+def test_space_collapsing_equals_the_regex(text):
+    assert _collapse_spaces(text) == re.sub(r"  +", " ", text)
+
+
+def test_runs_of_spaces_and_hyphens_in_a_body():
+    body = "Disse  elle   --   e ficou.\n\n----------\n\nFim -- de --- tudo."
+    assert normalize_text(body) == "Disse elle — e ficou.\n\n----------\n\nFim — de --- tudo."
+
+
+def _reference_wrap_width(text: str, config: UnwrapConfig) -> int:
+    """The definition, spelled out with a Counter over text.split("\\n")."""
+    histogram = Counter(n for n in map(len, text.split("\n")) if 0 < n <= config.max_wrap_width)
+    total, seen, width = sum(histogram.values()), 0, 0
+    for width in sorted(histogram):
+        seen += histogram[width]
+        if seen > config.wrap_width_percentile * total:
+            break
+    return max(width, config.min_wrap_width)
+
+
+@given(st.lists(st.text(alphabet="ab \u00e9\u2014\U0001f642", max_size=120), max_size=30), st.floats(0, 1))
+def test_wrap_width_equals_its_definition(lines, percentile):
+    config = UnwrapConfig(wrap_width_percentile=percentile, min_wrap_width=3, max_wrap_width=100)
+    text = "\n".join(lines)
+    assert estimate_wrap_width(text, config) == _reference_wrap_width(text, config)
+
+
+@given(st.text(alphabet="aeAE\u00e7\u00e3\u00c3\u0301\u0303\u0327\u2014\u212b\u00c5", max_size=12))
+def test_nfc_check_equals_unicodedata(text):
+    assert _is_nfc(text) == unicodedata.is_normalized("NFC", text)
