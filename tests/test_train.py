@@ -354,3 +354,20 @@ def test_two_gloo_processes_equal_one_process_with_virtual_ranks(corpus, tmp_pat
     wa, wb = final_weights(ddp_run), final_weights(single_run)
     assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
     assert json.loads((ddp_run / "config.json").read_text())["world_size"] == 2
+
+
+def test_config_survives_the_command_line():
+    """Launchers (the Prefect torchrun task) hand a TrainConfig to `torchrun -m training.train` as flags."""
+    from training.train import TrainConfig, config_from_args, config_to_args
+
+    c = TrainConfig(
+        corpus="/c",
+        run_dir="/r",
+        preset="tiny-moe",
+        max_steps=7,
+        block_size=None,
+        lr=3e-4,
+        compile=True,
+        model_overrides={"n_layer": 3, "moe_impl": "loop", "rope_theta": 5e5},
+    )
+    assert config_from_args(config_to_args(c)) == c

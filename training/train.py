@@ -687,10 +687,42 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig(**train_args, model_overrides=overrides)
 
 
+def config_to_args(c: TrainConfig) -> list[str]:
+    """The command line that config_from_args turns back into `c`: how a launcher hands a config to
+    `torchrun -m training.train`."""
+    argv: list[str] = []
+
+    def text(value: object) -> str:
+        if value is None:
+            return "none"
+        return str(value).lower() if isinstance(value, bool) else str(value)
+
+    for f in fields(TrainConfig):
+        if f.name != "model_overrides":
+            argv += ["--" + f.name.replace("_", "-"), text(getattr(c, f.name))]
+    for name, value in c.model_overrides.items():
+        argv += ["--" + name.replace("_", "-"), text(value)]
+    return argv
+
+
+SUMMARY_KEYS = (
+    "run_dir",
+    "start_step",
+    "step",
+    "final_loss",
+    "val_loss",
+    "val_bpb",
+    "checkpoint",
+    "tokens_seen",
+    "interrupted",
+)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Train; rank 0 prints the summary as one JSON line (the last line of stdout) for launchers."""
     summary = train(config_from_args(argv))
     if int(os.environ.get("RANK", "0")) == 0:
-        keys = ("step", "final_loss", "val_loss", "val_bpb", "checkpoint", "interrupted")
+        keys = SUMMARY_KEYS
         print(json.dumps({k: summary.get(k) for k in keys}), flush=True)
     return 128 + summary["interrupted"] if summary["interrupted"] else 0
 

@@ -12,7 +12,9 @@ from ptgpt import __version__
 from ptgpt.cli.corpus import corpus
 from ptgpt.cli.demo import demo
 from ptgpt.cli.model import export_hf
+from ptgpt.cli.pipeline import build, run, serve
 from ptgpt.cli.scrape import mirror, scrape
+from ptgpt.cli.train import eval_command, generate, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -25,4 +27,10 @@ main.add_command(scrape)
 main.add_command(mirror)
 main.add_command(demo)
 main.add_command(corpus)
+main.add_command(train)
+main.add_command(generate)
+main.add_command(eval_command)
 main.add_command(export_hf)
+main.add_command(build)
+main.add_command(run)
+main.add_command(serve)

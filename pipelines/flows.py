@@ -1,0 +1,399 @@
+"""The project's Prefect flows: build-corpus, train-model, and corpus-and-train (the main job).
+
+    build-corpus       discover -> download (per book, threads, polite) -> clean (per book, on the
+                       chosen task runner) -> near-dup books + split by book + duplicate paragraphs
+                       -> tokenizer -> Parquet shards -> README.md + manifest.json
+    train-model        a built corpus -> training.train.train (resumes from the run's checkpoints)
+    corpus-and-train   the two in sequence
+
+Run in-process (`python -m pipelines.flows SOURCE OUT`, `ptgpt build`) or as deployments
+(prefect.yaml entrypoints `pipelines/flows.py:build_corpus_flow`, `...:train_model_flow`,
+`...:corpus_and_train_flow`).
+
+Where the work runs. Downloads always run on threads of the flow process (at most
+DOWNLOAD_THREADS at once), all through one PoliteClient: its per-host limiter holds the politeness
+rate (`rate` requests per second per host) whatever the cluster, because no other process talks to
+the server. Only the CPU-bound per-book cleaning goes to the runner that `task_runner` picks at run
+time: "threads" (the default, Prefect's ThreadPoolTaskRunner), "processes" (ProcessPoolTaskRunner,
+`workers` processes) or "dask" (prefect-dask's DaskTaskRunner on the scheduler at `dask_address`,
+or on a LocalCluster of `workers` processes on 127.0.0.1). It is a subflow, `clean-books`, built
+with `.with_options(task_runner=...)`, so a deployment parameter can choose it. A book costs about
+80 ms of CPU to clean and a Prefect task run adds tens of milliseconds (more on process and Dask
+workers, which ship each task and its context), so the remote runners pay off with real cores to
+spread over, not on a laptop; see bench/bench_pipeline.py.
+
+Reruns. The raw store skips books it holds with a verified sha256; cleaning is cached on content
+(see pipelines/tasks.py), the tokenizer on its exact input; the global passes rerun. So rerunning a
+flow after a crash, or after it finished, redoes only what is missing and ends with the same
+manifest (only its `build` timings differ). `manifest.json` is deleted when a build starts and
+written last.
+
+Defaults: the raw store of `build-corpus` is `raw` or, unset, the folder `raw` next to OUT
+(out=data/corpus -> data/raw, the scraper's default), so corpora built from one source share their
+downloads. Only the books discovered by this run (after `ids`/`limit`) go into the corpus, even if
+the store holds more.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+from prefect.runtime import flow_run
+from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
+from prefect.utilities.annotations import unmapped
+
+from corpus import build as cb
+from corpus.build import BookSummary, CorpusConfig, RawBook
+from corpus.tokenizer import TokenizerConfig
+from pipelines import artifacts, tasks
+from scraping.http import FetchConfig, FetchError
+from scraping.scrape import ScrapeConfig, make_client
+from scraping.store import RawStore
+
+DOWNLOAD_THREADS = 4  # downloads in flight; the shared limiter still spaces request starts by 1/rate
+TASK_RUNNERS = ("threads", "processes", "dask")
+
+
+def make_task_runner(kind: str, workers: int | None = None, dask_address: str | None = None) -> TaskRunner:
+    """The task runner for the per-book cleaning: threads, processes, or a Dask cluster."""
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "processes":
+        return ProcessPoolTaskRunner(max_workers=workers)
+    if kind == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": workers or os.cpu_count() or 1,
+                "threads_per_worker": 1,  # cleaning is pure Python: one GIL per book
+                "processes": True,
+                "dashboard_address": None,  # nothing listens beyond the scheduler, and only on loopback
+                "host": "127.0.0.1",
+            },
+        )
+    raise ValueError(f"task_runner must be one of {', '.join(TASK_RUNNERS)}, not {kind!r}")
+
+
+def default_raw_dir(out: str | Path) -> Path:
+    return Path(out).resolve().parent / "raw"
+
+
+# -- build-corpus ------------------------------------------------------------------------------------
+@flow(
+    name="download-books",
+    task_runner=ThreadPoolTaskRunner(max_workers=DOWNLOAD_THREADS),
+    validate_parameters=False,
+)
+def download_books_flow(
+    source: str, raw: str, limit: int | None = None, ids: list[int] | None = None, rate: float = 1.0
+) -> dict:
+    """Discover the books and store each in the raw store; a book that fails is reported, not fatal."""
+    logger = get_run_logger()
+    config = ScrapeConfig(source=source, out=Path(raw), ids=ids, limit=limit, fetch=FetchConfig(rate=rate))
+    store = RawStore(raw)
+    with make_client(config) as client:
+        books = tasks.discover_books(config, client)
+        progress = artifacts.Progress("download-progress", len(books), "books downloaded")
+        futures = {tasks.download_book.submit(book, config, client, store): book for book in books}
+        outcomes: dict[int, dict] = {}
+        for future in as_completed(list(futures)):
+            book = futures[future]
+            # A FetchError is this book's failure: reported, the run goes on. Anything else (disk
+            # full, a bug) is no book's fault and fails the stage.
+            try:
+                stored = future.result()
+            except FetchError as error:
+                logger.warning("book %d failed: %s", book.id, error)
+                outcomes[book.id] = tasks.outcome_record(book, "failed", error=str(error))
+            else:
+                outcomes[book.id] = tasks.outcome_record(book, "downloaded" if stored else "skipped", stored)
+            progress.advance()
+    store.compact()
+    table = [outcomes[b.id] for b in books]
+    artifacts.books_table(table)
+    result = {
+        "found": len(books),
+        "downloaded": sum(o["outcome"] == "downloaded" for o in table),
+        "skipped": sum(o["outcome"] == "skipped" for o in table),
+        "failed": [{"id": o["book_id"], "error": o["error"]} for o in table if o["outcome"] == "failed"],
+        "bytes": sum(o["bytes"] for o in table),
+        "stored_ids": [o["book_id"] for o in table if o["outcome"] != "failed"],
+    }
+    logger.info(
+        "%d books: %d downloaded, %d already stored, %d failed",
+        result["found"],
+        result["downloaded"],
+        result["skipped"],
+        len(result["failed"]),
+    )
+    return result
+
+
+@flow(name="clean-books", validate_parameters=False)
+def clean_books_flow(raw_books: list[RawBook], config: CorpusConfig, cache_dir: str) -> list[BookSummary]:
+    """Clean every book on this subflow's task runner; summaries in input order. Any failure fails it."""
+    futures = tasks.clean_book.map(raw_books, unmapped(config), unmapped(cache_dir))
+    progress = artifacts.Progress("clean-progress", len(futures), "books cleaned")
+    for _ in as_completed(futures):
+        progress.advance()
+    summaries = [f.result() for f in futures]  # raises the first failure: the flow run ends Failed
+    for i, s in enumerate(summaries):
+        if not Path(s.cache_file).exists():  # a Prefect cache that outlived OUT/.cache: clean again
+            summaries[i] = cb.process_book(raw_books[i], config, cache_dir)
+    get_run_logger().info(
+        "%d books cleaned: %d ok, %d rejected",
+        len(summaries),
+        sum(s.status == "ok" for s in summaries),
+        sum(s.status != "ok" for s in summaries),
+    )
+    return summaries
+
+
+@flow(name="build-corpus", log_prints=True)
+def build_corpus_flow(
+    source: str,
+    out: str,
+    raw: str | None = None,
+    limit: int | None = None,
+    ids: list[int] | None = None,
+    vocab_size: int = 32000,
+    workers: int | None = None,
+    rate: float = 1.0,
+    task_runner: str = "threads",
+    dask_address: str | None = None,
+) -> dict:
+    """Gutenberg (a site URL or a folder of <id>.txt) -> the corpus folder OUT (docs/formats.md).
+
+    source: Gutenberg-layout site (https://www.gutenberg.org, a mirror) or a folder of <id>.txt.
+    out: the corpus folder. raw: the raw store (default: `raw` next to OUT).
+    limit / ids: the first `limit` books found, or exactly these ebook numbers.
+    vocab_size: SentencePiece vocabulary. workers: cleaning workers (threads, processes or Dask
+    workers) and encoding threads. rate: requests per second per host (0: no limit, own mirrors).
+    task_runner: "threads", "processes" or "dask" for the per-book cleaning; dask_address: an
+    existing scheduler (default: a LocalCluster of `workers` processes).
+    Returns a summary: books, and rows/tokens/books per split.
+    """
+    logger = get_run_logger()
+    runner = make_task_runner(task_runner, workers, dask_address)  # bad values fail before any work
+    t0 = time.perf_counter()
+    out_dir = Path(out)
+    raw_dir = Path(raw) if raw else default_raw_dir(out)
+    cache_dir = out_dir / cb.CACHE_DIR
+    config = CorpusConfig(tokenizer=TokenizerConfig(vocab_size=vocab_size))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cb._clear_outputs(out_dir)  # no manifest until this build has finished
+    logger.info("building %s from %s (raw store %s, cleaning on %s)", out_dir, source, raw_dir, task_runner)
+    times: dict[str, float] = {}
+
+    download = download_books_flow(source, str(raw_dir), limit, ids, rate)
+    times["download"] = round(time.perf_counter() - t0, 3)
+    wanted = set(download["stored_ids"])
+    raw_books = [b for b in cb.list_raw_books(raw_dir) if b.book_id in wanted]
+    if not raw_books:
+        raise ValueError(f"no book of {source} could be stored in {raw_dir}; nothing to build")
+
+    t = time.perf_counter()
+    summaries = clean_books_flow.with_options(task_runner=runner)(raw_books, config, str(cache_dir))
+    times["clean"] = round(time.perf_counter() - t, 3)
+    plan = tasks.dedup_and_split(summaries, config)
+    times.update(plan.seconds)
+    t = time.perf_counter()
+    tokenizer_path = tasks.train_tokenizer(plan, config, str(out_dir), str(cache_dir))
+    times["tokenizer"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    shards = tasks.write_shards(plan, tokenizer_path, str(out_dir), config, workers)
+    times["shards"] = round(time.perf_counter() - t, 3)
+    build_info = {
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "stage_seconds": times,
+        "flow_run_id": str(flow_run.get_id() or ""),
+        "task_runner": task_runner,
+    }
+    manifest = tasks.write_manifest(
+        str(raw_dir), str(out_dir), source, config, summaries, plan, shards, build_info
+    )
+
+    words = artifacts.split_words(out_dir, manifest)
+    artifacts.drops_table(manifest)
+    summary_text = artifacts.corpus_summary(manifest, words, download)
+    logger.info("corpus finished in %.1f s\n%s", build_info["seconds"], summary_text)
+    return corpus_result(manifest, download, words, out_dir, raw_dir)
+
+
+def corpus_result(manifest: dict, download: dict, words: dict[str, int], out: Path, raw: Path) -> dict:
+    """The flow's return value: what a caller (or the UI's result view) wants to know of a build."""
+    splits = {
+        name: {"books": len(s["books"]), "rows": s["rows"], "tokens": s["tokens"], "words": words[name]}
+        for name, s in manifest["splits"].items()
+    }
+    tokens, n_words = sum(s["tokens"] for s in splits.values()), sum(words.values())
+    return {
+        "out": str(out),
+        "raw": str(raw),
+        "manifest": str(out / cb.MANIFEST),
+        "books": {
+            "found": download["found"],
+            "downloaded": download["downloaded"],
+            "skipped": download["skipped"],
+            "failed": download["failed"],
+            "raw_files": manifest["books"]["raw_files"],
+            "kept": manifest["books"]["kept"],
+        },
+        "splits": splits,
+        "tokenizer": {
+            "vocab_size": manifest["tokenizer"]["vocab_size"],
+            "fertility": round(tokens / n_words, 4) if n_words else None,
+        },
+        "seconds": manifest["build"]["seconds"],
+    }
+
+
+# -- train-model -------------------------------------------------------------------------------------
+def train_config(corpus: str, run: str, preset: str, max_steps: int, overrides: dict | None):
+    """TrainConfig from the flow's parameters. `overrides` may name TrainConfig fields and ModelConfig
+    fields (the latter become model overrides; or put them under a "model" key). Unknown names fail."""
+    from dataclasses import fields
+
+    from training.model import ModelConfig
+    from training.train import TrainConfig
+
+    overrides = dict(overrides or {})
+    model = dict(overrides.pop("model", None) or {})
+    fixed = {"corpus", "run_dir", "preset", "max_steps", "model_overrides"}
+    train_names = {f.name for f in fields(TrainConfig)} - fixed
+    model_names = {f.name for f in fields(ModelConfig)}
+    kwargs = {"progress": False}  # the flow reports progress as an artifact instead of a tqdm bar
+    for name, value in overrides.items():
+        if name in train_names:
+            kwargs[name] = value
+        elif name in model_names:
+            model[name] = value
+        else:
+            raise ValueError(f"unknown override {name!r}: not a TrainConfig or ModelConfig field")
+    return TrainConfig(
+        corpus=str(corpus),
+        run_dir=str(run),
+        preset=preset,
+        max_steps=max_steps,
+        model_overrides=model,
+        **kwargs,
+    )
+
+
+class _TrainingProgress:
+    """Follows RUN/metrics.jsonl from a thread and moves a progress artifact (train() has no hook)."""
+
+    def __init__(self, run: str, max_steps: int, interval: float = 2.0):
+        self.run, self.interval = run, interval
+        self.progress = artifacts.Progress("train-progress", max_steps, "training steps")
+        self._stop = threading.Event()
+        ctx = contextvars.copy_context()  # the Prefect client settings of this flow run
+        self._thread = threading.Thread(target=ctx.run, args=(self._loop,), daemon=True)
+
+    def _loop(self) -> None:
+        from training.metrics import read_metrics
+
+        while not self._stop.wait(self.interval):
+            records = read_metrics(self.run)
+            if records and records[-1].get("step", 0) != self.progress.done:
+                self.progress.set(int(records[-1]["step"]))
+
+    def __enter__(self) -> _TrainingProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@flow(name="train-model", log_prints=True)
+def train_model_flow(
+    corpus: str,
+    run: str,
+    preset: str = "tiny",
+    max_steps: int = 1000,
+    overrides: dict | None = None,
+    nproc: int = 1,
+) -> dict:
+    """Train (or continue) the run folder RUN on a built corpus, up to `max_steps` steps in total.
+
+    overrides: TrainConfig fields (batch_size, lr, eval_every, ...) and ModelConfig fields (n_layer,
+    n_embd, ...) replacing the defaults and the preset's values. nproc > 1 launches torchrun with
+    that many DDP processes on the machine that runs the flow (one per GPU; gloo on CPU).
+    """
+    from training.metrics import read_metrics
+
+    config = train_config(corpus, run, preset, max_steps, overrides)
+    cb.load_manifest(corpus)  # a clear error for a corpus that is missing or unfinished
+    with _TrainingProgress(run, max_steps) as progress:
+        summary = tasks.train_model_torchrun(config, nproc) if nproc > 1 else tasks.train_model(config)
+        progress.progress.set(summary["step"])
+    artifacts.training_artifacts(summary, read_metrics(run), run)
+    if summary["interrupted"]:
+        raise RuntimeError(
+            f"training stopped by signal {summary['interrupted']} at step {summary['step']}; "
+            "rerun to continue from its checkpoint"
+        )
+    keys = ("run_dir", "start_step", "step", "final_loss", "val_loss", "val_bpb", "checkpoint", "tokens_seen")
+    return {k: summary.get(k) for k in keys}
+
+
+# -- corpus-and-train --------------------------------------------------------------------------------
+@flow(name="corpus-and-train")
+def corpus_and_train_flow(
+    source: str,
+    out: str,
+    run: str,
+    raw: str | None = None,
+    limit: int | None = None,
+    ids: list[int] | None = None,
+    vocab_size: int = 32000,
+    workers: int | None = None,
+    rate: float = 1.0,
+    task_runner: str = "threads",
+    dask_address: str | None = None,
+    preset: str = "tiny",
+    max_steps: int = 1000,
+    overrides: dict | None = None,
+    nproc: int = 1,
+) -> dict:
+    """The project's main job: build-corpus into OUT, then train-model into RUN on it."""
+    corpus = build_corpus_flow(
+        source=source,
+        out=out,
+        raw=raw,
+        limit=limit,
+        ids=ids,
+        vocab_size=vocab_size,
+        workers=workers,
+        rate=rate,
+        task_runner=task_runner,
+        dask_address=dask_address,
+    )
+    trained = train_model_flow(
+        corpus=out, run=run, preset=preset, max_steps=max_steps, overrides=overrides, nproc=nproc
+    )
+    return {"corpus": corpus, "train": trained}
+
+
+if __name__ == "__main__":  # python -m pipelines.flows SOURCE OUT [LIMIT]: a quick build in-process
+    import json
+    import sys
+
+    args = sys.argv[1:]
+    if len(args) not in (2, 3):
+        sys.exit("usage: python -m pipelines.flows SOURCE OUT [LIMIT]")
+    limit_arg = int(args[2]) if len(args) == 3 else None
+    print(json.dumps(build_corpus_flow(args[0], args[1], limit=limit_arg), indent=2))
