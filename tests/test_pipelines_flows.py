@@ -330,3 +330,30 @@ def test_corpus_and_train(reference, tmp_path) -> None:
     assert more["start_step"] == 10 and more["step"] == 14
     bad = train_model_flow(corpus=q["out"], run=str(run), overrides={"no_such_knob": 1}, return_state=True)
     assert bad.is_failed() and "no_such_knob" in bad.message
+
+
+@pytest.mark.slow
+@pytest.mark.realbooks
+def test_build_corpus_over_the_real_books(prefect_api, shared_books, tmp_path) -> None:
+    """build-corpus over ../shared/gutenberg-pt/books (a folder source): all 485 real books."""
+    from pipelines.flows import build_corpus_flow
+
+    start = time.monotonic()
+    state = build_corpus_flow(
+        source=str(shared_books / "books"),
+        out=str(tmp_path / "corpus"),
+        raw=str(tmp_path / "raw"),
+        vocab_size=2000,
+        workers=2,
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    result = state.result()
+    manifest = load_manifest(tmp_path / "corpus")
+    assert result["books"]["found"] == 485 and not result["books"]["failed"]
+    assert manifest["books"]["rejected"] == {"75473": "not_portuguese"}  # mostly English
+    dropped = {d for group in manifest["books"]["near_duplicates"] for d in group["dropped"]}
+    assert "27236" in {str(d) for d in dropped}  # the second edition of Os Lusíadas
+    for name, split in result["splits"].items():
+        assert split["books"] > 0 and split["tokens"] > 0, name
+    print(f"\nreal books: {json.dumps(result['splits'])} in {time.monotonic() - start:.1f} s")
