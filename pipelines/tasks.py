@@ -227,21 +227,11 @@ def train_model_torchrun(config, nproc: int) -> dict:
     """
     import json
     import subprocess
-    import sys
 
-    from training.train import config_to_args
+    from training.train import config_to_args, torchrun_command
 
     logger = get_run_logger()
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "training.train",
-        *config_to_args(config),
-    ]
+    cmd = torchrun_command(nproc, config_to_args(config))
     logger.info("launching %s", " ".join(cmd[:6]))
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]

@@ -37,6 +37,8 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from scraping.catalog import CATALOG_COLUMNS
+
 TEXTS_DIR = Path(__file__).resolve().parent / "sample_texts"
 
 VARIANTS = (
@@ -1051,17 +1053,6 @@ def sample_books(extra: int = 0, extra_kb: int = 8, seed: int = 0) -> list[Sampl
 # ---------------------------------------------------------------------------------------------
 # The catalog feed (pg_catalog.csv) around the books.
 
-CATALOG_HEADER = [
-    "Text#",
-    "Type",
-    "Issued",
-    "Title",
-    "Language",
-    "Authors",
-    "Subjects",
-    "LoCC",
-    "Bookshelves",
-]
 
 # fmt: off
 # Rows a Portuguese-only scraper must read and drop: other languages, a sound recording in
@@ -1121,7 +1112,7 @@ def sample_catalog_csv(books: list[SampleBook]) -> str:
     rows.sort(key=lambda r: int(r[0]))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CATALOG_HEADER)
+    writer.writerow(CATALOG_COLUMNS)
     writer.writerows(rows)
     return buf.getvalue()
 

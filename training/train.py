@@ -705,6 +705,20 @@ def config_to_args(c: TrainConfig) -> list[str]:
     return argv
 
 
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """`torchrun --standalone --nproc_per_node=N -m training.train ARGV`, with this interpreter."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "training.train",
+        *argv,
+    ]
+
+
 SUMMARY_KEYS = (
     "run_dir",
     "start_step",

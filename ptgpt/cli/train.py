@@ -51,17 +51,9 @@ def train(ctx: click.Context, corpus: Path, run_dir: Path, preset: str, max_step
     ]
     argv += list(ctx.args)
     if nproc > 1:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "training.train",
-            *argv,
-        ]
-        sys.exit(subprocess.call(cmd))
+        from training.train import torchrun_command
+
+        sys.exit(subprocess.call(torchrun_command(nproc, argv)))
     from training.train import main
 
     sys.exit(main(argv))
