@@ -122,6 +122,7 @@ class PoliteClient:
         self.limiter = HostRateLimiter(self.config.rate)
         self._robots: dict[str, urllib.robotparser.RobotFileParser] = {}
         self._robots_lock = threading.Lock()
+        self._robots_unreachable: dict[str, FetchError] = {}  # site -> why its robots.txt could not be read
         self.requests_made = 0
 
     def close(self) -> None:
@@ -171,6 +172,7 @@ class PoliteClient:
             else:
                 # Unreachable robots.txt (RFC 9309 §2.3.1.4): assume complete disallow.
                 parser.disallow_all = True
+                self._robots_unreachable[site] = e
             return parser
         parser.parse(resp.content.decode("utf-8", errors="replace").splitlines())
         delay = parser.crawl_delay(self.config.user_agent)
@@ -186,6 +188,10 @@ class PoliteClient:
 
     def _get_with_retries(self, url: str, check_robots: bool, max_bytes: int | None = None) -> Response:
         if check_robots and not self.robots_allows(url):
+            parts = urlsplit(url)
+            unreachable = self._robots_unreachable.get(f"{parts.scheme}://{parts.netloc}")
+            if unreachable is not None:
+                raise FetchError(url, "robots_unreachable", f"robots.txt: {unreachable.reason}")
             raise FetchError(url, "robots_disallowed")
         attempt = 0
         while True:

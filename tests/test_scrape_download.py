@@ -238,3 +238,13 @@ def test_validate_text():
     assert validate_text(b"abc\x00def") == "binary_body"
     assert validate_text("Constituição".encode("latin-1")) is None
     assert validate_text("Constituição".encode()) is None
+
+
+def test_unreachable_robots_txt_means_keep_out(mirror_factory, tmp_path):
+    """RFC 9309: a robots.txt that cannot be read (5xx after retries) disallows everything, and says so."""
+    m = mirror_factory()
+    m.inject("/robots.txt", *[Fault.error(503)] * 3)
+    with pytest.raises(FetchError) as e:
+        run(m, tmp_path, fetch=fast(retries=2))
+    assert e.value.reason == "robots_unreachable" and "http_503" in str(e.value)
+    assert [r.path for r in m.site.log] == ["/robots.txt"] * 3  # nothing else was asked for

@@ -53,7 +53,7 @@ import torch
 import torch.distributed as dist
 
 from training import checkpoint as ckpt
-from training.data import CorpusInfo, DevicePrefetcher, LoaderConfig, TokenWindowLoader
+from training.data import CorpusError, CorpusInfo, DevicePrefetcher, LoaderConfig, TokenWindowLoader
 from training.evaluate import autocast_context, evaluate, generate_samples, load_tokenizer
 from training.flops import mfu, peak_flops
 from training.metrics import MetricsLogger, ProgressBar, plot_run
@@ -734,7 +734,12 @@ SUMMARY_KEYS = (
 
 def main(argv: list[str] | None = None) -> int:
     """Train; rank 0 prints the summary as one JSON line (the last line of stdout) for launchers."""
-    summary = train(config_from_args(argv))
+    config = config_from_args(argv)
+    try:
+        summary = train(config)
+    except (CorpusError, ValueError, FileNotFoundError) as e:  # bad input: a message, not a traceback
+        print(f"training.train: error: {e}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) == 0:
         keys = SUMMARY_KEYS
         print(json.dumps({k: summary.get(k) for k in keys}), flush=True)
