@@ -500,11 +500,10 @@ class TokenWindowLoader:
 
     # --- checkpointing
 
-    def state_dict(self) -> dict:
-        """Where the stream stands, between two batches: JSON values and numpy arrays only."""
+    def _stream_identity(self) -> dict:
+        """What decides the window stream: a saved state only fits a loader that agrees on all of it."""
         c = self.config
         return {
-            "version": STATE_VERSION,
             "block_size": c.block_size,
             "seed": c.seed,
             "shuffle": c.shuffle,
@@ -514,6 +513,13 @@ class TokenWindowLoader:
             "split": c.split,
             "n_units": len(self.units),
             "corpus": self.info.split_fingerprint(c.split),
+        }
+
+    def state_dict(self) -> dict:
+        """Where the stream stands, between two batches: JSON values and numpy arrays only."""
+        return {
+            "version": STATE_VERSION,
+            **self._stream_identity(),
             "epoch": self.epoch,
             "unit_pos": self._unit_pos,
             "window_pos": self._window_pos,
@@ -525,21 +531,10 @@ class TokenWindowLoader:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        c = self.config
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state version {state.get('version')!r}, expected {STATE_VERSION}")
         # batch_size may change on resume (batches are cut from the window stream); these may not.
-        ours = {
-            "block_size": c.block_size,
-            "seed": c.seed,
-            "shuffle": c.shuffle,
-            "shuffle_buffer": c.shuffle_buffer,
-            "rank": c.rank,
-            "world_size": c.world_size,
-            "split": c.split,
-            "n_units": len(self.units),
-            "corpus": self.info.split_fingerprint(c.split),
-        }
+        ours = self._stream_identity()
         diff = {k: (state.get(k), v) for k, v in ours.items() if state.get(k) != v}
         if diff:
             raise ValueError(
