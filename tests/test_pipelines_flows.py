@@ -357,3 +357,41 @@ def test_build_corpus_over_the_real_books(prefect_api, shared_books, tmp_path) -
     for name, split in result["splits"].items():
         assert split["books"] > 0 and split["tokens"] > 0, name
     print(f"\nreal books: {json.dumps(result['splits'])} in {time.monotonic() - start:.1f} s")
+
+
+@pytest.mark.slow
+def test_cli_build_and_run_in_process(prefect_api, mirror, tmp_path) -> None:
+    """`ptgpt build` and `ptgpt run` drive the same flows and exit by the run's final state."""
+    from click.testing import CliRunner
+
+    from ptgpt.cli import main
+
+    runner = CliRunner()
+    common = ["--source", mirror.url, "--vocab-size", str(VOCAB), "--rate", "0", "--workers", "1"]
+    built = runner.invoke(main, ["build", *common, "--out", str(tmp_path / "a" / "corpus")])
+    assert built.exit_code == 0, built.output
+    assert json.loads(built.output[built.output.index("{") :])["splits"]["train"]["books"] > 0
+    assert (tmp_path / "a" / "raw" / "manifest.jsonl").exists()  # the raw store beside OUT
+
+    ran = runner.invoke(
+        main,
+        [
+            "run",
+            *common,
+            "--out",
+            str(tmp_path / "b" / "corpus"),
+            "--run",
+            str(tmp_path / "b" / "run"),
+            "--max-steps",
+            "2",
+        ],
+    )
+    assert ran.exit_code == 0, ran.output
+    assert load_manifest(tmp_path / "b" / "corpus") and any(
+        (tmp_path / "b" / "run" / "checkpoints").iterdir()
+    )
+
+    failed = runner.invoke(
+        main, ["build", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]
+    )
+    assert failed.exit_code == 1 and "flow run ended FAILED" in failed.output

@@ -24,114 +24,83 @@ def serve(name: str, limit: int | None) -> None:
     serve_deployments(name, limit)
 
 
-def _task_runner_options(f):
-    f = click.option(
-        "--task-runner",
-        type=click.Choice(["threads", "processes", "dask"]),
-        default="threads",
-        show_default=True,
-        help="Where the per-book stages run: local threads/processes, or a Dask cluster.",
-    )(f)
-    f = click.option(
-        "--dask-address",
-        default=None,
-        help="Scheduler of an existing Dask cluster (default: a local one of --workers processes).",
-    )(f)
+def _corpus_options(f):
+    """The build-corpus parameters `ptgpt build` and `ptgpt run` share (applied bottom-up)."""
+    options = [
+        click.option(
+            "--source",
+            default="https://www.gutenberg.org",
+            show_default=True,
+            help="Gutenberg-layout site URL, or a folder of <id>.txt files.",
+        ),
+        click.option(
+            "--out",
+            type=click.Path(file_okay=False, path_type=Path),
+            default=Path("data/corpus"),
+            show_default=True,
+            help="Corpus folder; the raw store goes beside it (OUT/../raw).",
+        ),
+        click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N books."),
+        click.option("--vocab-size", type=click.IntRange(min=8), default=32000, show_default=True),
+        click.option("--workers", type=click.IntRange(min=1), default=None, help="Cleaning workers."),
+        click.option(
+            "--rate",
+            type=click.FloatRange(min=0),
+            default=1.0,
+            show_default=True,
+            help="Requests per second per host; 0 for a mirror you own.",
+        ),
+        click.option(
+            "--task-runner",
+            type=click.Choice(["threads", "processes", "dask"]),
+            default="threads",
+            show_default=True,
+            help="Where per-book cleaning runs: threads, processes, or Dask.",
+        ),
+        click.option(
+            "--dask-address",
+            default=None,
+            help="Scheduler of an existing Dask cluster (default: a local one of --workers processes).",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
     return f
 
 
 @click.command()
-@click.option(
-    "--source",
-    default="https://www.gutenberg.org",
-    show_default=True,
-    help="Gutenberg-layout site URL, or a folder of <id>.txt files.",
-)
-@click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/corpus"), show_default=True
-)
-@click.option("--limit", type=click.IntRange(min=0), default=None)
-@click.option("--vocab-size", type=click.IntRange(min=8), default=32000, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=None)
-@click.option("--rate", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@_task_runner_options
-def build(
-    source: str,
-    out: Path,
-    limit: int | None,
-    vocab_size: int,
-    workers: int | None,
-    rate: float,
-    task_runner: str,
-    dask_address: str | None,
-) -> None:
+@_corpus_options
+def build(out: Path, **params) -> None:
     """Run the build-corpus flow in this process (no server or worker needed)."""
     from pipelines.flows import build_corpus_flow
 
-    state = build_corpus_flow(
-        source=source,
-        out=str(out),
-        limit=limit,
-        vocab_size=vocab_size,
-        workers=workers,
-        rate=rate,
-        task_runner=task_runner,
-        dask_address=dask_address,
-        return_state=True,
-    )
-    _finish(state)
+    _finish(build_corpus_flow(out=str(out), **params, return_state=True))
 
 
 @click.command()
-@click.option("--source", default="https://www.gutenberg.org", show_default=True)
-@click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path), default=Path("data/corpus"), show_default=True
-)
+@_corpus_options
 @click.option(
     "--run",
     "run_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("data/run"),
     show_default=True,
+    help="Run folder (checkpoints, logs); rerunning resumes.",
 )
-@click.option("--limit", type=click.IntRange(min=0), default=None)
-@click.option("--vocab-size", type=click.IntRange(min=8), default=32000, show_default=True)
 @click.option("--preset", default="tiny", show_default=True)
 @click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=None)
-@click.option("--rate", type=click.FloatRange(min=0), default=1.0, show_default=True)
-@_task_runner_options
-def run(
-    source: str,
-    out: Path,
-    run_dir: Path,
-    limit: int | None,
-    vocab_size: int,
-    preset: str,
-    max_steps: int,
-    workers: int | None,
-    rate: float,
-    task_runner: str,
-    dask_address: str | None,
-) -> None:
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Training processes on this machine (torchrun DDP).",
+)
+def run(out: Path, run_dir: Path, **params) -> None:
     """Run corpus-and-train (the main job) in this process."""
     from pipelines.flows import corpus_and_train_flow
 
-    state = corpus_and_train_flow(
-        source=source,
-        out=str(out),
-        run=str(run_dir),
-        limit=limit,
-        vocab_size=vocab_size,
-        preset=preset,
-        max_steps=max_steps,
-        workers=workers,
-        rate=rate,
-        task_runner=task_runner,
-        dask_address=dask_address,
-        return_state=True,
-    )
-    _finish(state)
+    _finish(corpus_and_train_flow(out=str(out), run=str(run_dir), **params, return_state=True))
 
 
 def _finish(state) -> None:
