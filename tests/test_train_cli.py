@@ -11,7 +11,8 @@ import sentencepiece as spm
 from click.testing import CliRunner
 from corpus_factory import random_books, write_corpus
 
-from ptgpt.cli.train import eval_command, generate, train
+from ptgpt.cli.evaluate import eval_command
+from ptgpt.cli.train import generate, train
 from training.metrics import read_metrics
 
 TEXT = [
@@ -72,11 +73,14 @@ def test_train_generate_eval(corpus, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("O rio")
 
-    result = runner.invoke(eval_command, ["--run", str(run), "--device", "cpu"])
+    out = tmp_path / "eval.json"
+    result = runner.invoke(
+        eval_command, ["--run", str(run), "--device", "cpu", "--tasks", "bpb", "--json", str(out)]
+    )
     assert result.exit_code == 0, result.output
-    figures = json.loads(result.stdout)
+    figures = json.loads(out.read_text())
     assert figures["checkpoint"].endswith("step_0000005")
-    assert figures["bpb"] == pytest.approx(read_metrics(run)[-1]["val_bpb"])  # the whole split both times
+    assert figures["bpb"]["validation"] == pytest.approx(read_metrics(run)[-1]["val_bpb"])  # the whole split
 
 
 def test_generate_needs_run_or_checkpoint():

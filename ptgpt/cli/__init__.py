@@ -11,10 +11,11 @@ import click
 from ptgpt import __version__
 from ptgpt.cli.corpus import corpus
 from ptgpt.cli.demo import demo
+from ptgpt.cli.evaluate import compare, eval_command
 from ptgpt.cli.model import export_hf
 from ptgpt.cli.pipeline import build, run, serve
 from ptgpt.cli.scrape import mirror, scrape
-from ptgpt.cli.train import eval_command, generate, train
+from ptgpt.cli.train import generate, train
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -30,6 +31,7 @@ main.add_command(corpus)
 main.add_command(train)
 main.add_command(generate)
 main.add_command(eval_command)
+main.add_command(compare)
 main.add_command(export_hf)
 main.add_command(build)
 main.add_command(run)

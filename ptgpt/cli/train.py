@@ -1,11 +1,10 @@
-"""`ptgpt train`, `ptgpt generate` and `ptgpt eval`: thin wrappers over training/train.py and evaluate.py.
+"""`ptgpt train` and `ptgpt generate`: thin wrappers over training/train.py and evaluate.py.
 
 torch is imported inside the command bodies, so `ptgpt --help` stays fast.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -140,45 +139,3 @@ def generate(
     for text in texts:
         click.echo(text)
         click.echo()
-
-
-@click.command("eval")
-@_run_option
-@_checkpoint_option
-@click.option(
-    "--corpus",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Corpus folder [default: the run's].",
-)
-@click.option("--split", default="validation", show_default=True)
-@click.option("--block-size", type=int, default=None, help="[default: the run's]")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--max-batches", type=int, default=None, help="Evaluate only this many batches.")
-@_device_option
-def eval_command(
-    run_dir: Path | None,
-    checkpoint_dir: Path | None,
-    corpus: Path | None,
-    split: str,
-    block_size: int | None,
-    batch_size: int,
-    max_batches: int | None,
-    device: str,
-) -> None:
-    """Loss, perplexity and bits per byte of a checkpoint on a corpus split; prints JSON."""
-    from training.checkpoint import load_model, read_checkpoint_config
-    from training.data import check_tokenizer
-    from training.evaluate import evaluate
-
-    checkpoint = _checkpoint_of(run_dir, checkpoint_dir)
-    meta = read_checkpoint_config(checkpoint)
-    corpus = corpus or (Path(meta["corpus"]) if meta.get("corpus") else None)
-    if corpus is None:
-        raise click.UsageError(f"{checkpoint} records no corpus: pass --corpus")
-    if meta.get("tokenizer_sha256"):
-        check_tokenizer(corpus, meta["tokenizer_sha256"])
-    block_size = block_size or meta.get("train", {}).get("block_size") or meta["model"]["max_seq_len"]
-    device = _device(device)
-    model = load_model(checkpoint, device=device)
-    result = evaluate(model, corpus, split, block_size, batch_size, max_batches, device)
-    click.echo(json.dumps({"checkpoint": str(checkpoint), "split": split, **result}))

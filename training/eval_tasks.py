@@ -1,0 +1,586 @@
+"""A Portuguese evaluation suite built from the corpus's held-out books: is the model any good?
+
+Validation loss says a model is learning, not what it can do. The benchmarks Portuguese LM projects
+report (CALAME-PT, LAMBADA-PT, HellaSwag-PT through lm-evaluation-harness) cannot be downloaded on the
+machines this project runs on, so this module builds the same *kinds* of task from the corpus's own
+test split: books no model of this corpus ever trained on (the split is by whole book, corpus/split.py).
+
+Tasks:
+
+- **bpb**: bits per byte on validation and test (training/evaluate.py, the trainer's own figure), and
+  per book, so the worst and best books can be listed.
+- **lastword** (CALAME-PT / LAMBADA style): a passage of a few sentences whose final word has at least
+  4 letters; the model sees the passage without that word and must produce it greedily. Exact match
+  after NFC, the generated word read up to its first non-letter (so punctuation is stripped).
+- **choice** (HellaSwag / cloze style): a context of a few sentences and 4 candidate next sentences,
+  the true one and 3 from other test books of similar length. The candidate with the highest
+  log-likelihood per UTF-8 byte wins (per byte, so the normalisation does not depend on the tokenizer).
+
+Items are plain text, built deterministically (fixed seed, books in id order) from the Parquet `text`
+column; only scoring tokenizes. So runs with different tokenizers answer the very same questions.
+Each task reports its chance level and a trivial baseline, so a number means something.
+
+Scoring only needs `model(ids).logits` of shape (B, T, V), so the same functions score a ptgpt GPT
+and the `transformers` model `export-hf` writes (tests/test_eval_tasks.py checks they agree).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from training.data import CorpusInfo, cut_windows, pack_paragraphs
+
+TASKS = ("bpb", "lastword", "choice")
+EVAL_SPLITS = ("validation", "test")
+
+# A word: letters, possibly joined by hyphens (Portuguese "disse-lhe", "guarda-chuva"); no digits.
+WORD = re.compile(r"[^\W\d_]+(?:-[^\W\d_]+)*")
+# A sentence ends at . ! ? or … (plus closing quotes), before whitespace and a capital, a dash or a quote.
+SENTENCE_END = re.compile(r"[.!?…]+[\"»”’)]*(?=\s+[«\"“—(-]?[A-ZÀ-ÖØ-Þ—«\"“])")
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """How many items of each task, drawn how. Defaults are the full suite; QUICK is for training."""
+
+    n_lastword: int = 300
+    n_choice: int = 300
+    seed: int = 1234
+    split: str = "test"  # where items come from
+    min_word_letters: int = 4  # lastword targets have at least this many letters
+    min_passage_chars: int = 150  # a lastword passage is this long at least...
+    max_passage_chars: int = 700  # ...and at most (whole sentences)
+    context_sentences: int = 3  # sentences of context in a choice item
+    n_candidates: int = 4  # the true next sentence + n_candidates - 1 from other books
+    min_sentence_chars: int = 20  # choice sentences (candidates) between these lengths
+    max_sentence_chars: int = 300
+    book_windows: int | None = 8  # per-book bpb scores at most this many windows of each book (None: all)
+
+
+QUICK = SuiteConfig(n_lastword=64, n_choice=64, book_windows=2)
+
+
+@dataclass(frozen=True)
+class LastWordItem:
+    book_id: int
+    context: str  # the passage up to its last word, without the space before it
+    target: str  # the last word
+
+
+@dataclass(frozen=True)
+class ChoiceItem:
+    book_id: int
+    context: str
+    candidates: tuple[str, ...]
+    label: int  # index of the true continuation in candidates
+    distractor_books: tuple[int, ...] = field(default=())
+
+
+# -----------------------------------------------------------------------------
+# Reading the held-out text
+
+
+def read_split_text(corpus_dir: str | Path, split: str) -> dict[int, list[str]]:
+    """Paragraph texts of every book of a split, books in id order (only the book_id and text columns)."""
+    info = CorpusInfo.from_dir(corpus_dir)
+    books: dict[int, list[str]] = {}
+    for path in info.shard_paths(split):
+        table = pq.read_table(path, columns=["book_id", "text"])
+        for book_id, text in zip(
+            table.column("book_id").to_pylist(), table.column("text").to_pylist(), strict=True
+        ):
+            books.setdefault(int(book_id), []).append(text)
+    return dict(sorted(books.items()))
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """A prose paragraph cut into sentences (the cut keeps each sentence's punctuation)."""
+    sentences, start = [], 0
+    for m in SENTENCE_END.finditer(paragraph):
+        sentences.append(paragraph[start : m.end()].strip())
+        start = m.end()
+    sentences.append(paragraph[start:].strip())
+    return [s for s in sentences if s]
+
+
+def normalize_word(word: str) -> str:
+    """NFC and no punctuation around it: how a target and a generated word are compared."""
+    word = unicodedata.normalize("NFC", word.strip())
+    m = WORD.search(word)
+    return m.group(0) if m else ""
+
+
+def first_word(text: str) -> str:
+    """The word a generated continuation starts with ('' if it starts with anything but a word)."""
+    m = WORD.match(unicodedata.normalize("NFC", text.lstrip()))
+    return m.group(0) if m else ""
+
+
+def _letters(word: str) -> int:
+    return sum(ch.isalpha() for ch in word)
+
+
+def _prose(books: dict[int, list[str]]) -> dict[int, list[list[str]]]:
+    """Per book, the sentences of each prose paragraph (verse keeps line breaks: left out)."""
+    return {b: [split_sentences(p) for p in paragraphs if "\n" not in p] for b, paragraphs in books.items()}
+
+
+def _draw(candidates: list, n: int, per_book: int, rng: np.random.Generator) -> list:
+    """n candidates in a seeded random order, at most per_book from one book (items spread over books)."""
+    taken: Counter = Counter()
+    out = []
+    for i in rng.permutation(len(candidates)):
+        book = candidates[i][0]
+        if taken[book] < per_book:
+            out.append(candidates[i])
+            taken[book] += 1
+            if len(out) == n:
+                break
+    return out
+
+
+# -----------------------------------------------------------------------------
+# Item construction (text only, no tokenizer)
+
+
+def build_lastword_items(
+    books: dict[int, list[str]], config: SuiteConfig = SuiteConfig()
+) -> list[LastWordItem]:
+    """Passages of whole sentences ending in a word of >= min_word_letters letters, then punctuation."""
+    c = config
+    tail = re.compile(r"\s(" + WORD.pattern + r")[^\w\s]*$")
+    candidates = []
+    for book, paragraphs in _prose(books).items():
+        for sentences in paragraphs:
+            for j in range(len(sentences)):
+                i = j
+                while i > 0 and len(" ".join(sentences[i - 1 : j + 1])) <= c.max_passage_chars:
+                    i -= 1
+                passage = " ".join(sentences[i : j + 1])
+                if not c.min_passage_chars <= len(passage) <= c.max_passage_chars:
+                    continue
+                m = tail.search(passage)
+                if m is None or _letters(m.group(1)) < c.min_word_letters:
+                    continue
+                candidates.append(
+                    (book, passage[: m.start()].rstrip(), unicodedata.normalize("NFC", m.group(1)))
+                )
+    if not candidates:
+        return []
+    per_book = max(1, -(-3 * c.n_lastword // len(books)))
+    drawn = _draw(candidates, c.n_lastword, per_book, np.random.default_rng([c.seed, 1]))
+    return [LastWordItem(book, context, target) for book, context, target in drawn]
+
+
+def build_choice_items(books: dict[int, list[str]], config: SuiteConfig = SuiteConfig()) -> list[ChoiceItem]:
+    """Context of context_sentences sentences, the true next sentence and distractors from other books.
+
+    Distractors are drawn among sentences of other test books whose length is within a factor 1.5 of the
+    true one, so the length of a candidate gives nothing away.
+    """
+    c = config
+    k = c.context_sentences
+    ok = lambda s: c.min_sentence_chars <= len(s) <= c.max_sentence_chars  # noqa: E731
+    pool_text, pool_book = [], []
+    candidates = []
+    for book, paragraphs in _prose(books).items():
+        for sentences in paragraphs:
+            for s in sentences:
+                if ok(s):
+                    pool_text.append(s)
+                    pool_book.append(book)
+            for j in range(k, len(sentences)):
+                if ok(sentences[j]):
+                    candidates.append((book, " ".join(sentences[j - k : j]), sentences[j]))
+    if len({b for b in pool_book}) < 2 or not candidates:
+        return []
+    pool_len = np.array([len(s) for s in pool_text])
+    pool_book_arr = np.array(pool_book)
+    rng = np.random.default_rng([c.seed, 2])
+    per_book = max(1, -(-3 * c.n_choice // len(books)))
+    items = []
+    for book, context, true in _draw(candidates, len(candidates), per_book, rng):
+        near = (pool_book_arr != book) & (pool_len * 1.5 >= len(true)) & (pool_len <= 1.5 * len(true))
+        choices = np.flatnonzero(near)
+        choices = choices[[pool_text[i] != true for i in choices]] if len(choices) else choices
+        if len(choices) < c.n_candidates - 1:
+            continue
+        picked = rng.choice(choices, c.n_candidates - 1, replace=False)
+        label = int(rng.integers(c.n_candidates))
+        texts = [pool_text[i] for i in picked]
+        texts.insert(label, true)
+        items.append(ChoiceItem(book, context, tuple(texts), label, tuple(int(pool_book[i]) for i in picked)))
+        if len(items) == c.n_choice:
+            break
+    return items
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_items(
+    corpus_dir: str, config: SuiteConfig
+) -> tuple[tuple[LastWordItem, ...], tuple[ChoiceItem, ...]]:
+    books = read_split_text(corpus_dir, config.split)
+    return tuple(build_lastword_items(books, config)), tuple(build_choice_items(books, config))
+
+
+def load_items(
+    corpus_dir: str | Path, config: SuiteConfig = SuiteConfig()
+) -> tuple[list[LastWordItem], list[ChoiceItem]]:
+    """Both tasks' items for a corpus (cached per process: the trainer asks at every evaluation)."""
+    lastword, choice = _cached_items(str(Path(corpus_dir).resolve()), config)
+    return list(lastword), list(choice)
+
+
+# -----------------------------------------------------------------------------
+# Scoring: anything with model(ids).logits -> (B, T, V) (a ptgpt GPT, a transformers model)
+
+
+def max_length(model: torch.nn.Module) -> int:
+    cfg = model.config
+    return int(getattr(cfg, "max_seq_len", None) or cfg.max_position_embeddings)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def continuation_ids(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of context and of " " + continuation after it.
+
+    Encoded together and split where the context's own encoding ends, so the continuation is tokenized
+    the way it appears in running text; if the tokenizer merges across that point, separately.
+    """
+    ctx = tokenizer.encode(context)
+    full = tokenizer.encode(context + " " + continuation)
+    if full[: len(ctx)] == ctx and len(full) > len(ctx):
+        return ctx, full[len(ctx) :]
+    return ctx, tokenizer.encode(continuation)
+
+
+@torch.no_grad()
+def continuation_logprobs(
+    model: torch.nn.Module, pairs: list[tuple[list[int], list[int]]], batch_size: int = 16
+) -> list[float]:
+    """Sum of log p(continuation | context) for each (context ids, continuation ids) pair.
+
+    Sequences longer than the model's context lose context tokens on the left. Batches are padded on the
+    right, which a causal model never looks at, so padding changes nothing.
+    """
+    limit = max_length(model)
+    device = _model_device(model)
+    out = []
+    for start in range(0, len(pairs), batch_size):
+        seqs, spans = [], []
+        for ctx, cont in pairs[start : start + batch_size]:
+            cont = cont[: limit - 1]
+            seq = (ctx + cont)[-limit:]
+            seqs.append(seq)
+            spans.append((len(seq) - len(cont), len(seq)))
+        width = max(len(s) for s in seqs)
+        x = torch.zeros(len(seqs), width, dtype=torch.long)
+        for r, s in enumerate(seqs):
+            x[r, : len(s)] = torch.tensor(s)
+        logp = F.log_softmax(model(x.to(device)).logits.float(), dim=-1)
+        for r, (a, b) in enumerate(spans):
+            targets = x[r, a:b].to(device)
+            out.append(float(logp[r, a - 1 : b - 1].gather(-1, targets[:, None]).sum()))
+    return out
+
+
+@torch.no_grad()
+def greedy_continue(model: torch.nn.Module, ids: list[int], n: int) -> list[int]:
+    """n greedy tokens after ids: ptgpt's KV-cached generate, or a plain loop over model(ids).logits."""
+    device = _model_device(model)
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    from training.model import GPT
+
+    if isinstance(model, GPT):
+        return model.generate(x, n, temperature=0.0)[0, len(ids) :].tolist()
+    for _ in range(n):
+        nxt = model(x).logits[:, -1].float().argmax(-1, keepdim=True)
+        x = torch.cat([x, nxt], dim=1)
+    return x[0, len(ids) :].tolist()
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    n = tokenizer.get_piece_size() if hasattr(tokenizer, "get_piece_size") else None
+    return tokenizer.decode([t for t in ids if n is None or t < n])
+
+
+def score_lastword(model: torch.nn.Module, tokenizer, items: list[LastWordItem]) -> dict:
+    """Greedy exact-match accuracy; each item may generate the target's token count + 2 tokens."""
+    limit = max_length(model)
+    was_training = model.training
+    model.eval()
+    correct, predictions = 0, []
+    try:
+        for item in items:
+            n_new = min(len(tokenizer.encode(item.target)) + 2, limit - 1)
+            prompt = tokenizer.encode(item.context)[-(limit - n_new) :]
+            predicted = first_word(_decode(tokenizer, greedy_continue(model, prompt, n_new)))
+            predictions.append(predicted)
+            correct += predicted == normalize_word(item.target)
+    finally:
+        model.train(was_training)
+    return {
+        "acc": correct / len(items) if items else float("nan"),
+        "n": len(items),
+        "predictions": predictions,
+    }
+
+
+def score_choice(model: torch.nn.Module, tokenizer, items: list[ChoiceItem], batch_size: int = 16) -> dict:
+    """Accuracy of the highest log-likelihood per UTF-8 byte among each item's candidates."""
+    pairs, n_bytes = [], []
+    for item in items:
+        for cand in item.candidates:
+            pairs.append(continuation_ids(tokenizer, item.context, cand))
+            n_bytes.append(len((" " + cand).encode()))
+    was_training = model.training
+    model.eval()
+    try:
+        logps = continuation_logprobs(model, pairs, batch_size)
+    finally:
+        model.train(was_training)
+    per_byte = np.array(logps) / np.array(n_bytes, dtype=np.float64) if pairs else np.zeros(0)
+    k = len(items[0].candidates) if items else 0
+    picks = per_byte.reshape(len(items), k).argmax(1) if items else np.zeros(0, int)
+    correct = sum(int(p) == item.label for p, item in zip(picks, items, strict=True))
+    return {"acc": correct / len(items) if items else float("nan"), "n": len(items), "picks": picks.tolist()}
+
+
+# -----------------------------------------------------------------------------
+# Bits per byte, per book
+
+
+@torch.no_grad()
+def bpb_per_book(
+    model: torch.nn.Module,
+    corpus_dir: str | Path,
+    split: str,
+    block_size: int,
+    batch_size: int = 8,
+    max_windows: int | None = None,
+) -> dict[int, dict]:
+    """Per book of a split: bits per byte over max_windows windows spread evenly through it (None: all).
+
+    Each book is packed on its own (BOS p0 SEP p1 ... EOS, training/data.py) and cut into windows like
+    the trainer's evaluation, so its figure does not depend on which book precedes it in the shard.
+    """
+    info = CorpusInfo.from_dir(corpus_dir)
+    device = _model_device(model)
+    was_training = model.training
+    model.eval()
+    result = {}
+    try:
+        for path in info.shard_paths(split):
+            table = pq.read_table(path, columns=["book_id", "tokens", "n_bytes"])
+            book_ids = table.column("book_id").to_numpy()
+            lists = table.column("tokens").combine_chunks()
+            offsets = lists.offsets.to_numpy()
+            tokens = lists.flatten().to_numpy()
+            n_bytes = table.column("n_bytes").to_numpy()
+            starts = np.flatnonzero(np.r_[True, book_ids[1:] != book_ids[:-1]])
+            for a, b in zip(starts, np.r_[starts[1:], len(book_ids)], strict=True):
+                stream, token_bytes = pack_paragraphs(
+                    book_ids[a:b],
+                    np.diff(offsets[a : b + 1]),
+                    tokens[offsets[a] : offsets[b]],
+                    starts_book=True,
+                    ends_book=True,
+                    bos_id=info.bos_id,
+                    eos_id=info.eos_id,
+                    separator_ids=info.separator_ids,
+                    n_bytes=n_bytes[a:b],
+                )
+                windows, rest = cut_windows(stream, block_size)
+                wbytes, rest_bytes = cut_windows(token_bytes, block_size)
+                if len(rest) > 1:  # the last partial window, padded (targets of -1 are not scored)
+                    pad = np.full((1, block_size + 1), -1, windows.dtype)
+                    pad[0, : len(rest)] = rest
+                    padb = np.zeros((1, block_size + 1))
+                    padb[0, : len(rest)] = rest_bytes
+                    windows, wbytes = np.concatenate([windows, pad]), np.concatenate([wbytes, padb])
+                if max_windows is not None and len(windows) > max_windows:
+                    # spread over the book: its first windows are title pages and prefaces, not its prose
+                    keep = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
+                    windows, wbytes = windows[keep], wbytes[keep]
+                nats = 0.0
+                for i in range(0, len(windows), batch_size):
+                    w = torch.from_numpy(windows[i : i + batch_size].astype(np.int64))
+                    x, y = w[:, :-1].clone(), w[:, 1:]
+                    x[x < 0] = info.pad_id
+                    logits = model(x.to(device)).logits.float()
+                    nats += float(
+                        F.cross_entropy(
+                            logits.reshape(-1, logits.size(-1)),
+                            y.reshape(-1).to(device),
+                            ignore_index=-1,
+                            reduction="sum",
+                        )
+                    )
+                total_bytes = float(wbytes[:, 1:].sum())
+                result[int(book_ids[a])] = {
+                    "bpb": nats / (math.log(2) * total_bytes) if total_bytes else float("nan"),
+                    "bytes": int(total_bytes),
+                }
+    finally:
+        model.train(was_training)
+    return result
+
+
+# -----------------------------------------------------------------------------
+# Chance levels and trivial baselines (no model)
+
+
+def _word_counts(texts) -> Counter:
+    counts: Counter = Counter()
+    for t in texts:
+        counts.update(w.lower() for w in WORD.findall(t))
+    return counts
+
+
+def lastword_baselines(items: list[LastWordItem]) -> dict:
+    """Two answers that need no model: the most frequent >= 4-letter word of all the items' contexts,
+    and, per item, the most frequent >= 4-letter word of its own context (words do repeat in a passage)."""
+    if not items:
+        return {}
+    long_words = lambda text: [w for w in WORD.findall(text) if _letters(w) >= 4]  # noqa: E731
+    overall = Counter(w for item in items for w in long_words(item.context))
+    constant = overall.most_common(1)[0][0] if overall else ""
+    hits_constant = sum(item.target == constant for item in items)
+    hits_context = 0
+    for item in items:
+        words = long_words(item.context)
+        if words:
+            hits_context += item.target == Counter(reversed(words)).most_common(1)[0][0]
+    return {
+        "chance": 0.0,
+        "most_frequent_word": hits_constant / len(items),
+        "most_frequent_word_answer": constant,
+        "most_frequent_context_word": hits_context / len(items),
+    }
+
+
+def choice_baselines(items: list[ChoiceItem], reference_texts: list[str]) -> dict:
+    """Chance (1 / candidates) and a word unigram model (add-one, fitted on reference_texts, scored per
+    byte like the model), which tells how far word frequencies alone get."""
+    if not items:
+        return {}
+    counts = _word_counts(reference_texts)
+    total, vocab = sum(counts.values()), len(counts) + 1
+    correct = 0
+    for item in items:
+        scores = [
+            sum(math.log((counts[w.lower()] + 1) / (total + vocab)) for w in WORD.findall(cand))
+            / len((" " + cand).encode())
+            for cand in item.candidates
+        ]
+        correct += int(np.argmax(scores)) == item.label
+    return {"chance": 1 / len(items[0].candidates), "unigram": correct / len(items)}
+
+
+def unigram_bpb(corpus_dir: str | Path, split: str, fit_split: str = "train") -> float:
+    """Bits per byte of a token unigram model (add-one) fitted on fit_split: what no context gives."""
+    info = CorpusInfo.from_dir(corpus_dir)
+
+    def tokens_and_bytes(s: str) -> tuple[np.ndarray, int]:
+        counts, n_bytes = np.zeros(info.vocab_size, np.int64), 0
+        for path in info.shard_paths(s):
+            table = pq.read_table(path, columns=["tokens", "n_bytes"])
+            counts += np.bincount(
+                table.column("tokens").combine_chunks().flatten().to_numpy(), minlength=info.vocab_size
+            )
+            n_bytes += int(np.sum(table.column("n_bytes").to_numpy()))
+        return counts, n_bytes
+
+    fit, _ = tokens_and_bytes(fit_split)
+    logp = np.log((fit + 1) / (fit.sum() + info.vocab_size))
+    counts, n_bytes = tokens_and_bytes(split)
+    return float(-(counts * logp).sum() / (math.log(2) * n_bytes)) if n_bytes else float("nan")
+
+
+# -----------------------------------------------------------------------------
+# The suite
+
+
+def run_suite(
+    model: torch.nn.Module,
+    tokenizer,
+    corpus_dir: str | Path,
+    tasks: tuple[str, ...] = TASKS,
+    config: SuiteConfig = SuiteConfig(),
+    splits: tuple[str, ...] = EVAL_SPLITS,
+    block_size: int | None = None,
+    batch_size: int = 8,
+    max_batches: int | None = None,
+) -> dict:
+    """Every requested task on one model: figures, item counts, chance levels and baselines (JSON-able)."""
+    from training.evaluate import evaluate
+
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
+    block_size = min(block_size or max_length(model), max_length(model))
+    info = CorpusInfo.from_dir(corpus_dir)
+    out: dict = {}
+    if "bpb" in tasks:
+        out["bpb"], out["loss"], out["bpb_per_book"], out["bpb_baselines"] = {}, {}, {}, {}
+        for split in splits:
+            if not info.manifest["splits"].get(split, {}).get("shards"):
+                continue  # a corpus without that split (tiny test corpora have no test split)
+            figures = evaluate(
+                model, corpus_dir, split, block_size, batch_size, max_batches, _model_device(model)
+            )
+            out["bpb"][split], out["loss"][split] = figures["bpb"], figures["loss"]
+            per_book = bpb_per_book(model, corpus_dir, split, block_size, batch_size, config.book_windows)
+            ranked = sorted(per_book.items(), key=lambda kv: kv[1]["bpb"])
+            out["bpb_per_book"][split] = {str(b): v["bpb"] for b, v in ranked}
+            out["bpb_baselines"][split] = {
+                "uniform": math.log2(info.vocab_size) * figures["tokens"] / figures["bytes"],
+                "unigram": unigram_bpb(corpus_dir, split),
+            }
+    if "lastword" in tasks or "choice" in tasks:
+        lastword_items, choice_items = load_items(corpus_dir, config)
+    if "lastword" in tasks:
+        out["lastword_acc"] = score_lastword(model, tokenizer, lastword_items)["acc"]
+        out["lastword_n"] = len(lastword_items)
+        out["lastword_baselines"] = lastword_baselines(lastword_items)
+    if "choice" in tasks:
+        out["choice_acc"] = score_choice(model, tokenizer, choice_items, batch_size)["acc"]
+        out["choice_n"] = len(choice_items)
+        reference = (
+            [t for ps in read_split_text(corpus_dir, "validation").values() for t in ps]
+            if (config.split != "validation" and info.split("validation")["shards"])
+            else []
+        )
+        out["choice_baselines"] = choice_baselines(choice_items, reference)
+    return out
+
+
+def quick_eval(
+    model: torch.nn.Module, tokenizer, corpus_dir: str | Path, config: SuiteConfig = QUICK
+) -> dict:
+    """What the trainer logs at each evaluation: a flat dict of floats (items are built once per process).
+
+    Empty when the corpus has no split to draw items from (tiny test corpora), so a trainer can always
+    call it and log what comes back.
+    """
+    if not CorpusInfo.from_dir(corpus_dir).manifest["splits"].get(config.split, {}).get("shards"):
+        return {}
+    lastword_items, choice_items = load_items(corpus_dir, config)
+    return {
+        "lastword_acc": score_lastword(model, tokenizer, lastword_items)["acc"],
+        "choice_acc": score_choice(model, tokenizer, choice_items)["acc"],
+    }
