@@ -272,3 +272,25 @@ def test_trained_tiny_model_beats_the_unigram_baseline_on_real_books(
     n_test_rows = sum(pq.read_metadata(p).num_rows for p in CorpusInfo.from_dir(corpus).shard_paths("test"))
     assert n_test_rows > 500 and len(result["bpb_per_book"]["test"]) >= 3
     assert all(math.isfinite(v) for v in result["bpb_per_book"]["test"].values())
+
+
+def test_trainer_logs_the_quick_suite_at_each_evaluation(sample_corpus: Path, tmp_path: Path) -> None:
+    from training.metrics import read_metrics
+    from training.train import main
+
+    flags = (
+        "--n-layer 1 --n-embd 32 --n-head 2 --n-kv-head 1 --mlp-hidden 64 --max-seq-len 128 --block-size 32 "
+        "--batch-size 4 --eval-every 2 --eval-batches 2 --log-every 1 --progress false --samples false "
+        "--tensorboard false --plot false --threads 1"
+    )
+    run = tmp_path / "run"
+    main(["--corpus", str(sample_corpus), "--run-dir", str(run), "--max-steps", "4", *flags.split()])
+    evals = [r for r in read_metrics(run) if "val_bpb" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(0 <= r["lastword_acc"] <= 1 and 0 <= r["choice_acc"] <= 1 for r in evals)
+    main(
+        ["--corpus", str(sample_corpus), "--run-dir", str(tmp_path / "off"), "--max-steps", "2"]
+        + flags.split()
+        + ["--eval-tasks", "false"]
+    )
+    assert "choice_acc" not in read_metrics(tmp_path / "off")[-1]

@@ -53,6 +53,7 @@ class TrainConfig:
     eval_batch_size: int | None = None  # None: batch_size
     samples: bool = True  # generate from fixed Portuguese prompts at each evaluation
     sample_tokens: int = 48
+    eval_tasks: bool = True  # also lastword_acc, choice_acc of the quick suite (training/eval_tasks.py)
     # -- checkpoints
     checkpoint_every: int = 500  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
     keep_last: int = 3  # checkpoints kept; older ones are deleted

@@ -574,13 +574,15 @@ def quick_eval(
 ) -> dict:
     """What the trainer logs at each evaluation: a flat dict of floats (items are built once per process).
 
-    Empty when the corpus has no split to draw items from (tiny test corpora), so a trainer can always
-    call it and log what comes back.
+    A task with no items (a corpus without a test split, or without prose in it) is left out, so a
+    trainer can always call it and log what comes back.
     """
     if not CorpusInfo.from_dir(corpus_dir).manifest["splits"].get(config.split, {}).get("shards"):
         return {}
     lastword_items, choice_items = load_items(corpus_dir, config)
-    return {
-        "lastword_acc": score_lastword(model, tokenizer, lastword_items)["acc"],
-        "choice_acc": score_choice(model, tokenizer, choice_items)["acc"],
-    }
+    figures = {}
+    if lastword_items:
+        figures["lastword_acc"] = score_lastword(model, tokenizer, lastword_items)["acc"]
+    if choice_items:
+        figures["choice_acc"] = score_choice(model, tokenizer, choice_items)["acc"]
+    return figures

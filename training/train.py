@@ -66,6 +66,7 @@ from common.files import write_json_atomic
 from training import checkpoint as ckpt
 from training.config import ConfigError, TrainConfig
 from training.data import CorpusInfo, DevicePrefetcher, LoaderConfig, TokenWindowLoader, verify_shards
+from training.eval_tasks import quick_eval
 from training.evaluate import autocast_context, evaluate, generate_samples, load_tokenizer
 from training.flops import mfu, peak_flops
 from training.metrics import MetricsLogger, ProgressBar, plot_run
@@ -411,11 +412,13 @@ def open_logs(run: Run, n_shards: int, resume_dir: Path | None) -> None:
         f"active), {run.tokens_per_step:,} tokens/step = {d.world_size} proc x {run.grad_accum} micro x "
         f"{c.batch_size} x {run.block_size}, device {run.device}"
     )
-    if c.samples:
+    if c.samples or c.eval_tasks:
         try:
             run.tokenizer = load_tokenizer(run.info.tokenizer_path)
         except Exception as e:  # noqa: BLE001 - samples are a nicety; never fail a run for them
-            warnings.warn(f"samples disabled: cannot load {run.info.tokenizer_path} ({e})", stacklevel=1)
+            warnings.warn(
+                f"samples and eval tasks disabled: cannot load {run.info.tokenizer_path} ({e})", stacklevel=1
+            )
 
 
 def close_run(run: Run) -> None:
@@ -563,9 +566,12 @@ def periodic_evaluation(run: Run) -> dict:
         run.bar.write(
             f"step {run.step}: val loss {val['loss']:.4f}, ppl {val['perplexity']:.2f}, bpb {val['bpb']:.4f}"
         )
-        if run.tokenizer is not None:
+        if run.tokenizer is not None and c.samples:
             write_samples(run)
-    return {"val_loss": val["loss"], "val_ppl": val["perplexity"], "val_bpb": val["bpb"]}
+    record = {"val_loss": val["loss"], "val_ppl": val["perplexity"], "val_bpb": val["bpb"]}
+    if run.d.is_main and run.tokenizer is not None and c.eval_tasks:
+        record.update(quick_eval(run.raw_model, run.tokenizer, c.corpus))
+    return record
 
 
 def write_samples(run: Run) -> None:

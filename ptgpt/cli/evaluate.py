@@ -12,14 +12,14 @@ from common.errors import UserError
 
 
 def _checkpoint_of(run_dir: Path | None, checkpoint_dir: Path | None) -> Path:
-    from training.checkpoint import best_checkpoint
+    from training.checkpoint import newest_valid_checkpoint
 
     if (run_dir is None) == (checkpoint_dir is None):
         raise UserError("give exactly one of --run or --checkpoint")
     if checkpoint_dir is not None:
         return checkpoint_dir
     try:
-        return best_checkpoint(run_dir)
+        return newest_valid_checkpoint(run_dir)
     except FileNotFoundError as e:
         raise UserError(f"{run_dir} has no checkpoint to evaluate ({e}); train it first") from None
 
