@@ -65,7 +65,7 @@ class SuiteConfig:
     n_candidates: int = 4  # the true next sentence + n_candidates - 1 from other books
     min_sentence_chars: int = 20  # choice sentences (candidates) between these lengths
     max_sentence_chars: int = 300
-    book_windows: int | None = 8  # per-book bpb scores at most this many windows of each book (None: all)
+    book_windows: int | None = 32  # per-book bpb scores at most this many windows of each book (None: all)
 
 
 QUICK = SuiteConfig(n_lastword=64, n_choice=64, book_windows=2)
@@ -413,8 +413,8 @@ def bpb_per_book(
                     padb[0, : len(rest)] = rest_bytes
                     windows, wbytes = np.concatenate([windows, pad]), np.concatenate([wbytes, padb])
                 if max_windows is not None and len(windows) > max_windows:
-                    # spread over the book: its first windows are title pages and prefaces, not its prose
-                    keep = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
+                    # spread over the book, ends left out: title pages, prefaces and notes are not its prose
+                    keep = ((np.arange(max_windows) + 0.5) * len(windows) / max_windows).astype(int)
                     windows, wbytes = windows[keep], wbytes[keep]
                 nats = 0.0
                 for i in range(0, len(windows), batch_size):

@@ -111,6 +111,7 @@ def format_report(result: dict, worst_best: int = 3) -> str:
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--max-batches", type=int, default=None, help="bpb on only this many batches per split.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's].")
 def eval_command(
     run_dir: Path | None,
     checkpoint_dir: Path | None,
@@ -123,6 +124,7 @@ def eval_command(
     batch_size: int,
     max_batches: int | None,
     device: str,
+    threads: int | None,
 ) -> None:
     """Bits per byte (validation, test, per book), last-word completion and next-sentence choice on the
     corpus's held-out test books; prints a table, and JSON with --json."""
@@ -133,6 +135,7 @@ def eval_command(
         ("--batch-size", batch_size),
         ("--block-size", block_size),
         ("--max-batches", max_batches),
+        ("--threads", threads),
     ):
         if value is not None and value < 1:
             raise UserError(f"{name} must be >= 1, got {value}")
@@ -163,6 +166,10 @@ def eval_command(
     except CorpusError as e:
         raise UserError(str(e)) from None
     block_size = block_size or meta.get("train", {}).get("block_size") or meta["model"]["max_seq_len"]
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
     model = load_model(checkpoint, device=_device(device))
     try:
         result = run_suite(
