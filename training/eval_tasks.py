@@ -192,12 +192,13 @@ def build_choice_items(books: dict[int, list[str]], config: SuiteConfig = SuiteC
     c = config
     k = c.context_sentences
     ok = lambda s: c.min_sentence_chars <= len(s) <= c.max_sentence_chars  # noqa: E731
-    pool_text, pool_book = [], []
+    pool_text, pool_book, seen = [], [], set()  # each distinct sentence once, so candidates differ
     candidates = []
     for book, paragraphs in _prose(books).items():
         for sentences in paragraphs:
             for s in sentences:
-                if ok(s):
+                if ok(s) and s not in seen:
+                    seen.add(s)
                     pool_text.append(s)
                     pool_book.append(book)
             for j in range(k, len(sentences)):
