@@ -202,7 +202,8 @@ def test_eval_command_refuses_bad_input(sample_corpus: Path, tmp_path: Path, ext
 def test_eval_command_without_a_checkpoint(tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     result = CliRunner().invoke(eval_command, ["--run", str(tmp_path / "run")])
-    assert isinstance(result.exception, UserError) and "no checkpoint" in str(result.exception)
+    message = str(result.exception)
+    assert isinstance(result.exception, UserError) and "checkpoint" in message and str(tmp_path) in message
     result = CliRunner().invoke(eval_command, ["--checkpoint", str(tmp_path / "nowhere")])
     assert isinstance(result.exception, UserError) and "nowhere" in str(result.exception)
 

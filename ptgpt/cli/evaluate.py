@@ -21,7 +21,7 @@ def _checkpoint_of(run_dir: Path | None, checkpoint_dir: Path | None) -> Path:
     try:
         return newest_valid_checkpoint(run_dir)
     except FileNotFoundError as e:
-        raise UserError(f"{run_dir} has no checkpoint to evaluate ({e}); train it first") from None
+        raise UserError(str(e)) from None  # says where it looked and what to do
 
 
 def _device(name: str) -> str:
