@@ -186,42 +186,52 @@ def build_lastword_items(
 def build_choice_items(books: dict[int, list[str]], config: SuiteConfig = SuiteConfig()) -> list[ChoiceItem]:
     """Context of context_sentences sentences, the true next sentence and distractors from other books.
 
-    Distractors are drawn among sentences of other test books whose length is within a factor 1.5 of the
-    true one, so the length of a candidate gives nothing away.
+    A candidate must not give itself away without the context: distractors are within a factor 1.5 of
+    the true sentence's length, and their books are drawn as often as the items' own books are (a
+    sentence drawn uniformly from all others would come mostly from the longest books, whose style a
+    weak model finds likelier, and push it below chance).
     """
     c = config
     k = c.context_sentences
     ok = lambda s: c.min_sentence_chars <= len(s) <= c.max_sentence_chars  # noqa: E731
-    pool_text, pool_book, seen = [], [], set()  # each distinct sentence once, so candidates differ
+    pool: dict[int, list[str]] = {}  # book -> its distinct candidate sentences
+    seen: set[str] = set()  # each distinct sentence once, so the candidates of an item differ
     candidates = []
     for book, paragraphs in _prose(books).items():
         for sentences in paragraphs:
             for s in sentences:
                 if ok(s) and s not in seen:
                     seen.add(s)
-                    pool_text.append(s)
-                    pool_book.append(book)
+                    pool.setdefault(book, []).append(s)
             for j in range(k, len(sentences)):
                 if ok(sentences[j]):
                     candidates.append((book, " ".join(sentences[j - k : j]), sentences[j]))
-    if len({b for b in pool_book}) < 2 or not candidates:
+    if len(pool) < c.n_candidates or not candidates:
         return []
-    pool_len = np.array([len(s) for s in pool_text])
-    pool_book_arr = np.array(pool_book)
     rng = np.random.default_rng([c.seed, 2])
     per_book = max(1, -(-3 * c.n_choice // len(books)))
+    drawn = _draw(candidates, len(candidates), per_book, rng)
+    weight = Counter(book for book, _, _ in drawn[: c.n_choice])  # how often each book asks the question
+    lengths = {b: np.array([len(s) for s in texts]) for b, texts in pool.items()}
     items = []
-    for book, context, true in _draw(candidates, len(candidates), per_book, rng):
-        near = (pool_book_arr != book) & (pool_len * 1.5 >= len(true)) & (pool_len <= 1.5 * len(true))
-        choices = np.flatnonzero(near)
-        choices = choices[[pool_text[i] != true for i in choices]] if len(choices) else choices
-        if len(choices) < c.n_candidates - 1:
+    for book, context, true in drawn:
+        others = [b for b in sorted(pool) if b != book and weight[b]]
+        if len(others) < c.n_candidates - 1:
             continue
-        picked = rng.choice(choices, c.n_candidates - 1, replace=False)
+        p = np.array([weight[b] for b in others], dtype=np.float64)
+        texts, from_books = [], []
+        for other in rng.choice(others, size=len(others), replace=False, p=p / p.sum()):  # weighted order
+            near = np.flatnonzero((lengths[other] * 1.5 >= len(true)) & (lengths[other] <= 1.5 * len(true)))
+            if len(near):
+                texts.append(pool[other][int(rng.choice(near))])
+                from_books.append(int(other))
+                if len(texts) == c.n_candidates - 1:
+                    break
+        if len(texts) < c.n_candidates - 1:
+            continue
         label = int(rng.integers(c.n_candidates))
-        texts = [pool_text[i] for i in picked]
         texts.insert(label, true)
-        items.append(ChoiceItem(book, context, tuple(texts), label, tuple(int(pool_book[i]) for i in picked)))
+        items.append(ChoiceItem(book, context, tuple(texts), label, tuple(from_books)))
         if len(items) == c.n_choice:
             break
     return items
