@@ -74,9 +74,7 @@ def test_train_generate_eval(corpus, tmp_path):
     assert result.stdout.startswith("O rio")
 
     out = tmp_path / "eval.json"
-    result = runner.invoke(
-        eval_command, ["--run", str(run), "--device", "cpu", "--tasks", "bpb", "--json", str(out)]
-    )
+    result = runner.invoke(eval_command, ["--run", str(run), "--device", "cpu", "--json", str(out)])
     assert result.exit_code == 0, result.output
     figures = json.loads(out.read_text())
     assert figures["checkpoint"].endswith("step_0000005")

@@ -96,7 +96,9 @@ def format_report(result: dict, worst_best: int = 3) -> str:
 @click.option(
     "--corpus", type=click.Path(file_okay=False, path_type=Path), help="Corpus folder [default: the run's]."
 )
-@click.option("--tasks", default="bpb,lastword,choice", show_default=True, help="Comma-separated tasks.")
+@click.option(
+    "--tasks", default=None, help="Comma-separated: bpb,lastword,choice [default: all the corpus allows]."
+)
 @click.option(
     "--split", "splits", default=None, help="Splits for bpb [default: validation,test, those there are]."
 )
@@ -116,7 +118,7 @@ def eval_command(
     run_dir: Path | None,
     checkpoint_dir: Path | None,
     corpus: Path | None,
-    tasks: str,
+    tasks: str | None,
     splits: str | None,
     quick: bool,
     json_path: Path | None,
@@ -130,7 +132,7 @@ def eval_command(
     corpus's held-out test books; prints a table, and JSON with --json."""
     from training.eval_tasks import EVAL_SPLITS, QUICK, TASKS, SuiteConfig
 
-    names = _names(tasks, TASKS, "task")
+    names = _names(tasks, TASKS, "task") if tasks else TASKS
     for name, value in (
         ("--batch-size", batch_size),
         ("--block-size", block_size),
@@ -161,7 +163,9 @@ def eval_command(
         split_names = (
             _names(splits, present, "split") if splits else tuple(s for s in EVAL_SPLITS if s in present)
         )
-        if "test" not in info.manifest["splits"] and {"lastword", "choice"} & set(names):
+        if "test" not in present and not tasks:
+            names = ("bpb",)  # the lastword and choice items come from the test split
+        elif "test" not in present and {"lastword", "choice"} & set(names):
             raise UserError(f"{corpus} has no test split: the lastword and choice items come from it")
     except CorpusError as e:
         raise UserError(str(e)) from None
