@@ -573,7 +573,7 @@ def run_suite(
         out["choice_n"] = len(choice_items)
         reference = (
             [t for ps in read_split_text(corpus_dir, "validation").values() for t in ps]
-            if (config.split != "validation" and info.split("validation")["shards"])
+            if config.split != "validation" and info.manifest["splits"].get("validation", {}).get("shards")
             else []
         )
         out["choice_baselines"] = choice_baselines(choice_items, reference)
