@@ -489,6 +489,9 @@ def choice_baselines(items: list[ChoiceItem], reference_texts: list[str]) -> dic
     byte like the model), which tells how far word frequencies alone get."""
     if not items:
         return {}
+    chance = 1 / len(items[0].candidates)
+    if not reference_texts:
+        return {"chance": chance, "unigram": None}
     counts = _word_counts(reference_texts)
     total, vocab = sum(counts.values()), len(counts) + 1
     correct = 0
@@ -499,7 +502,7 @@ def choice_baselines(items: list[ChoiceItem], reference_texts: list[str]) -> dic
             for cand in item.candidates
         ]
         correct += int(np.argmax(scores)) == item.label
-    return {"chance": 1 / len(items[0].candidates), "unigram": correct / len(items)}
+    return {"chance": chance, "unigram": correct / len(items)}
 
 
 def unigram_bpb(corpus_dir: str | Path, split: str, fit_split: str = "train") -> float:
