@@ -256,10 +256,12 @@ def compare(runs: tuple[Path, ...], plot_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    names = [run.name for run in runs]
     for run, curve in zip(runs, curves, strict=True):
         if curve:
             xs, ys = zip(*curve, strict=True)
-            ax.plot(xs, ys, marker="o", markersize=3, label=run.name or str(run))
+            label = run.name if names.count(run.name) == 1 else str(run)  # two "run" folders: full paths
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("validation bits per byte")
     ax.set_xscale("log")
