@@ -261,6 +261,29 @@ def build_loaders(
     return prefetchers
 
 
+def check_corpus_and_model(c: TrainConfig, verify: bool = True) -> tuple[CorpusInfo, ModelConfig, int]:
+    """The corpus (its shards verified against the manifest), the model config, the block size."""
+    info = CorpusInfo.from_dir(c.corpus)
+    if verify:
+        splits = ["train", "validation"] if c.eval_every > 0 else ["train"]
+        verify_shards(info, splits, checksums=c.verify_shards)
+    model_config = build_model_config(c, info)
+    block_size = c.block_size or model_config.max_seq_len
+    if block_size > model_config.max_seq_len:
+        raise ConfigError(
+            f"block_size={block_size} exceeds the model's max_seq_len={model_config.max_seq_len}"
+        )
+    return info, model_config, block_size
+
+
+def check_before_launch(c: TrainConfig) -> None:
+    """What setup_run would refuse, checked without building a model: for a launcher before torchrun,
+    whose report of a failed rank is pages long."""
+    pick_device(c.device, Dist())
+    _, model_config, _ = check_corpus_and_model(c)
+    find_resume_checkpoint(c, model_config)
+
+
 @dataclass
 class Run:
     """What one train() call works on: the model, optimizer and loaders, and where the loop stands."""
@@ -304,16 +327,7 @@ def setup_run(
     c: TrainConfig, d: Dist, device: torch.device, on_log: Callable[[dict], None] | None = None
 ) -> Run:
     """Read the corpus, decide where to start, build model, optimizer and loaders, open the logs."""
-    info = CorpusInfo.from_dir(c.corpus)
-    if d.is_main:
-        splits = ["train", "validation"] if c.eval_every > 0 else ["train"]
-        verify_shards(info, splits, checksums=c.verify_shards)
-    model_config = build_model_config(c, info)
-    block_size = c.block_size or model_config.max_seq_len
-    if block_size > model_config.max_seq_len:
-        raise ConfigError(
-            f"block_size={block_size} exceeds the model's max_seq_len={model_config.max_seq_len}"
-        )
+    info, model_config, block_size = check_corpus_and_model(c, verify=d.is_main)
     n_shards, my_shards = loader_shards(c, d)
     grad_accum = resolve_grad_accum(c, d, block_size, len(my_shards))
     tokens_per_step = c.batch_size * block_size * grad_accum * d.world_size
@@ -490,10 +504,13 @@ def train_step(run: Run) -> StepResult:
     return StepResult(lr, loss_sum, grad_norm, load_sum, aux)
 
 
-def check_finite(run: Run, result: StepResult) -> None:
-    """Stop at a NaN/inf loss or gradient norm, before it reaches a checkpoint."""
+def check_finite(run: Run, result: StepResult, weights: bool = False) -> None:
+    """Stop at a NaN/inf loss or gradient norm (and, before a checkpoint, weights), so none is saved."""
     loss, grad_norm = result.loss(run), result.grad_norm.item()
-    if math.isfinite(loss) and math.isfinite(grad_norm):
+    finite = math.isfinite(loss) and math.isfinite(grad_norm)
+    if finite and weights:
+        finite = bool(torch.stack([p.isfinite().all() for p in run.raw_model.parameters()]).all())
+    if finite:
         return
     kept = run.last_checkpoint if run.last_checkpoint is not None else "none (no checkpoint yet)"
     raise TrainingDiverged(
@@ -694,7 +711,7 @@ def train_loop(run: Run, stop: StopSignal) -> dict:
             if run.step % c.log_every == 0 or evaluating or last:
                 log_step(run, result, evaluating)
             if run.step % c.checkpoint_every == 0 or last:
-                check_finite(run, result)
+                check_finite(run, result, weights=True)
                 save_checkpoint(run)
                 run.t_last = time.perf_counter()  # checkpoints do not count as training time
             if stopping:
