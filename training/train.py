@@ -309,7 +309,7 @@ class Run:
     tokenizer: object | None = None  # SentencePiece, for samples
     on_log: Callable[[dict], None] | None = None
     flops_per_token: float = 0.0  # for MFU
-    peak_flops: float | None = None  # of the device; None: unknown (CPU, an unlisted GPU)
+    device_peak_flops: float | None = None  # None: unknown (CPU, an unlisted GPU)
     # throughput since the last logged step
     t_last: float = 0.0
     tokens_since: int = 0
@@ -387,10 +387,14 @@ def setup_run(
         last_checkpoint=resume_dir,
         on_log=on_log,
         flops_per_token=model.flops_per_token(block_size),
-        peak_flops=peak_flops(device),
+        device_peak_flops=peak_flops(device),
     )
     if d.is_main:
-        open_logs(run, n_shards, resume_dir)
+        try:
+            open_logs(run, n_shards, resume_dir)
+        except BaseException:  # e.g. a full disk: stop the prefetch threads before passing it on
+            close_run(run)
+            raise
     return run
 
 
@@ -541,7 +545,7 @@ def log_step(run: Run, result: StepResult, evaluating: bool) -> None:
         "data_wait_frac": run.data_wait / elapsed,
         "epoch": run.shard_cycle[0].loader.epoch,
     }
-    achieved = mfu(tok_s / d.world_size, run.flops_per_token, run.peak_flops)
+    achieved = mfu(tok_s / d.world_size, run.flops_per_token, run.device_peak_flops)
     if achieved is not None:
         record["mfu"] = achieved
     if result.expert_load is not None:
