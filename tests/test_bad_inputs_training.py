@@ -8,7 +8,6 @@ byte-identical afterwards.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -17,16 +16,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import sentencepiece as spm
 import torch
-from corpus_factory import random_books, write_corpus
+from corpus_factory import SAMPLE_SENTENCES, write_sentencepiece_corpus
 
 REPO = Path(__file__).resolve().parents[1]
-TEXT = [
-    "Era uma vez uma menina que morava perto do rio.",
-    "O rio corria devagar entre as pedras da serra.",
-    "Disse-lhe a mãe que voltasse cedo para casa.",
-]
 TINY = "--n-layer 1 --n-embd 32 --n-head 2 --n-kv-head 1 --mlp-hidden 64 --max-seq-len 32 --block-size 16"
 QUIET = "--batch-size 4 --eval-every 0 --log-every 1 --progress false --samples false --tensorboard false"
 QUIET += " --plot false --threads 1 --shuffle-buffer 8 --warmup-steps 1"
@@ -59,25 +52,7 @@ def assert_one_line_error(done: subprocess.CompletedProcess, expected: str) -> N
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TEXT * 20),
-        model_writer=model,
-        vocab_size=64,
-        hard_vocab_limit=False,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=3,
-        minloglevel=2,
-    )
-    vocab = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
-    splits = {
-        "train": random_books(0, 9, vocab_size=vocab),
-        "validation": random_books(1, 3, first_id=900, vocab_size=vocab),
-    }
-    root = tmp_path_factory.mktemp("corpus")
-    return write_corpus(root, splits, vocab_size=vocab, tokenizer_bytes=model.getvalue())
+    return write_sentencepiece_corpus(tmp_path_factory.mktemp("corpus"), n_train=9)
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +153,20 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(corpus, run, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a read-only tmpfs needs root")
+def test_a_read_only_run_folder_is_named(corpus, tmp_path) -> None:
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        done = ptgpt(*train_args(corpus, disk / "run", ""))
+        assert_one_line_error(done, f"read-only file system: {disk / 'run'}")
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.slow
 def test_divergence_stops_with_the_last_good_checkpoint(corpus, run, tmp_path) -> None:
     """A learning rate that blows the weights up: training stops at the first non-finite loss and every
     checkpoint left holds finite weights."""
@@ -197,7 +186,7 @@ def test_divergence_stops_with_the_last_good_checkpoint(corpus, run, tmp_path) -
 @pytest.mark.slow
 def test_generate_gives_what_was_asked_past_the_context(run) -> None:
     """max_new_tokens beyond the context (32) slides the window; a long prompt is cropped with a note."""
-    long_prompt = " ".join(TEXT * 20)
+    long_prompt = " ".join(SAMPLE_SENTENCES * 20)
     done = ptgpt(
         "generate", "--run", run, "--prompt", long_prompt, "--max-new-tokens", "80", "--device", "cpu"
     )
