@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from common.files import sha256_file
 from corpus.build import CorpusConfig, build_corpus, list_raw_books, load_manifest
-from corpus.shards import ShardConfig, sha256_file
+from corpus.shards import ShardConfig
 from corpus.tokenizer import TokenizerConfig, load_tokenizer
 from ptgpt.cli.corpus import corpus as corpus_cli
 

@@ -113,13 +113,25 @@ def run_and_subflow_ids(client, flow_run_id) -> list:
 
 
 def flow_run_tasks(flow_run_id) -> list:
-    """Every task run of a flow run and of its subflows, read back from the API."""
+    """Every task run of a flow run and of its subflows, read back from the API.
+
+    The server records task runs from events it processes asynchronously, so the last ones can
+    arrive a moment after the flow returns: read until two reads agree and every run is final.
+    """
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter
 
     with get_client(sync_client=True) as client:
         ids = run_and_subflow_ids(client, flow_run_id)
-        return client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}), limit=200)
+        seen: list = []
+        deadline = time.monotonic() + 30
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}), limit=200)
+            settled = all(r.state and r.state.is_final() for r in runs)
+            if (settled and len(runs) == len(seen)) or time.monotonic() > deadline:
+                return runs
+            seen = runs
+            time.sleep(0.5)
 
 
 def is_clean_task(task_run) -> bool:
