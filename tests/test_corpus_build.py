@@ -33,7 +33,7 @@ def without_timings(manifest: dict) -> dict:
 @pytest.fixture(scope="module")
 def raw_store(tmp_path_factory) -> tuple[Path, list]:
     """The sample books, a reprint under another id, a second file of one ebook, and a manifest."""
-    from scraping.sample_books import sample_books, write_sample_books
+    from fakegutenberg.books import sample_books, write_sample_books
 
     books = sample_books(extra=6, extra_kb=8)
     raw = tmp_path_factory.mktemp("raw")

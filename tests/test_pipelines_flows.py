@@ -75,8 +75,8 @@ def prefect_api() -> str:
 
 @pytest.fixture(scope="module")
 def mirror():
-    from scraping.mirror import GutenbergMirror, mirror_books_from_samples
-    from scraping.sample_books import sample_books, sample_catalog_csv
+    from fakegutenberg.books import sample_books, sample_catalog_csv
+    from fakegutenberg.mirror import GutenbergMirror, mirror_books_from_samples
 
     samples = sample_books(extra=10, extra_kb=6)
     with GutenbergMirror(mirror_books_from_samples(samples), sample_catalog_csv(samples)) as m:
