@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -33,3 +35,15 @@ def disk_error(error: OSError, path: str | Path) -> UserError | None:
     if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return UserError(f"cannot write {path}: {error.strerror}: choose a folder you can write to")
     return None
+
+
+@contextmanager
+def explain_disk_errors(path: str | Path) -> Iterator[None]:
+    """Turn a full, read-only or forbidden disk under this block into a UserError naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        user_error = disk_error(e, path)
+        if user_error is None:
+            raise
+        raise user_error from e

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 
+from common.errors import explain_disk_errors
 from common.files import atomic_write, sha256_file
 
 MANIFEST = "manifest.jsonl"
@@ -55,7 +56,10 @@ class RawStore:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        with explain_disk_errors(self.root):  # a folder we cannot write fails here, before any download
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.root / ".write-test", os.O_CREAT | os.O_WRONLY, 0o644))
+            (self.root / ".write-test").unlink()
         self.manifest_path = self.root / MANIFEST
         # Leftovers of a killed run are never read; clear them so the store holds only whole books.
         shutil.rmtree(self.root / PARTIAL_DIR, ignore_errors=True)  # older versions wrote there
@@ -99,8 +103,9 @@ class RawStore:
 
     def put(self, book_id: int, data: bytes, **meta: Any) -> dict[str, Any]:
         """Store `data` byte for byte and append its manifest line; returns the line."""
-        atomic_write(self.path(book_id), _durably(lambda f: f.write(data)))
-        _fsync_dir(self.root)
+        with explain_disk_errors(self.path(book_id)):
+            atomic_write(self.path(book_id), _durably(lambda f: f.write(data)))
+            _fsync_dir(self.root)
         rec = {
             "id": book_id,
             "title": meta.get("title"),
@@ -111,7 +116,7 @@ class RawStore:
             "bytes": len(data),
             "fetched_at": meta.get("fetched_at") or utc_now(),
         }
-        with open(self.manifest_path, "a", encoding="utf-8") as f:
+        with explain_disk_errors(self.manifest_path), open(self.manifest_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -121,5 +126,6 @@ class RawStore:
     def compact(self) -> None:
         """Rewrite the manifest with one line per book, sorted by id (atomically)."""
         lines = [json.dumps(rec, ensure_ascii=False) + "\n" for rec in self.records()]
-        atomic_write(self.manifest_path, _durably(lambda f: f.write("".join(lines).encode("utf-8"))))
+        with explain_disk_errors(self.manifest_path):
+            atomic_write(self.manifest_path, _durably(lambda f: f.write("".join(lines).encode("utf-8"))))
         shutil.rmtree(self.root / PARTIAL_DIR, ignore_errors=True)

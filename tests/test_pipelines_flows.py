@@ -215,6 +215,27 @@ def test_rerun_reuses_work(reference) -> None:
     assert comparable(load_manifest(p["out"])) == comparable(before)
 
 
+def test_cli_build_and_flow_build_give_identical_shards(reference, tmp_path) -> None:
+    """One corpus build, two executors: `ptgpt corpus build` on the flow's raw store makes the same bytes."""
+    p, _, _ = reference
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "ptgpt", "corpus", "build", "--raw", p["raw"], "--out", str(out)]
+    cmd += ["--vocab-size", str(VOCAB), "--workers", "2", "--quiet"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    flow_manifest, cli_manifest = load_manifest(p["out"]), load_manifest(out)
+    assert comparable(cli_manifest) == comparable(flow_manifest)
+    files = ["tokenizer.model"] + [
+        s["file"] for split in flow_manifest["splits"].values() for s in split["shards"]
+    ]
+    assert len(files) > 3
+    for name in files:
+        assert (out / name).read_bytes() == (Path(p["out"]) / name).read_bytes(), name
+    # The same stages, timed under the same names (the flow adds its download).
+    flow_stages = list(flow_manifest["build"]["stage_seconds"])
+    assert flow_stages == ["download", *cli_manifest["build"]["stage_seconds"]]
+
+
 def test_parallel_downloads_keep_the_politeness_rate(prefect_api, mirror, tmp_path) -> None:
     """Downloads run on several threads, yet request starts to the host stay 1/rate apart."""
     from pipelines.flows import DOWNLOAD_THREADS, download_books_flow
@@ -373,14 +394,14 @@ def test_build_corpus_over_the_real_books(prefect_api, shared_books, tmp_path) -
 
 @pytest.mark.slow
 def test_cli_build_and_run_in_process(prefect_api, mirror, tmp_path) -> None:
-    """`ptgpt build` and `ptgpt run` drive the same flows and exit by the run's final state."""
+    """`ptgpt fetch-and-build` and `ptgpt run` drive the same flows and exit by the run's final state."""
     from click.testing import CliRunner
 
     from ptgpt.cli import main
 
     runner = CliRunner()
     common = ["--source", mirror.url, "--vocab-size", str(VOCAB), "--rate", "0", "--workers", "1"]
-    built = runner.invoke(main, ["build", *common, "--out", str(tmp_path / "a" / "corpus")])
+    built = runner.invoke(main, ["fetch-and-build", *common, "--out", str(tmp_path / "a" / "corpus")])
     assert built.exit_code == 0, built.output
     assert json.loads(built.output[built.output.index("{") :])["splits"]["train"]["books"] > 0
     assert (tmp_path / "a" / "raw" / "manifest.jsonl").exists()  # the raw store beside OUT
@@ -404,6 +425,6 @@ def test_cli_build_and_run_in_process(prefect_api, mirror, tmp_path) -> None:
     )
 
     failed = runner.invoke(
-        main, ["build", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]
+        main, ["fetch-and-build", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]
     )
     assert failed.exit_code == 1 and "flow run ended FAILED" in failed.output

@@ -74,6 +74,7 @@ def scrape(
 
     Exits 1 when any book failed (they are listed); rerunning skips books already stored.
     """
+    from common.errors import UserError
     from scraping.http import FetchConfig, FetchError
     from scraping.scrape import ScrapeConfig, scrape
 
@@ -96,7 +97,7 @@ def scrape(
         summary = scrape(config, progress=not quiet)
     except FetchError as e:
         raise click.ClickException(f"discovery failed: {e}") from None
-    except ValueError as e:
+    except (ValueError, UserError) as e:  # UserError: until the CLI's error layer prints it
         raise click.ClickException(str(e)) from None
     click.echo(
         f"found {summary.found}, downloaded {summary.downloaded} ({summary.bytes / 1e6:.1f} MB), "
