@@ -33,6 +33,17 @@ def ptgpt(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     )
 
 
+def build_in_process(*args: str) -> None:
+    """A build that must succeed, run in this process: only a failing command needs a subprocess,
+    to see exactly what it prints."""
+    from click.testing import CliRunner
+
+    from ptgpt.cli.corpus import corpus
+
+    result = CliRunner().invoke(corpus, ["build", *args, "--vocab-size", str(VOCAB), "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     """sha256 of every file of a corpus folder (the per-book cache aside: it may only gain entries)."""
     return {
@@ -68,10 +79,7 @@ def workspace(tmp_path_factory):
     books = sample_books(extra=4, extra_kb=6)
     raw = write_books(root / "raw", books)
     corpus = root / "corpus"
-    done = ptgpt(
-        "corpus", "build", "--raw", str(raw), "--out", str(corpus), "--vocab-size", str(VOCAB), "--quiet"
-    )
-    assert done.returncode == 0, done.stderr
+    build_in_process("--raw", str(raw), "--out", str(corpus))
     (root / "empty").mkdir()
     write_books(root / "two", books[:2])
     foreign = root / "notes"
@@ -136,17 +144,17 @@ def test_a_folder_that_is_not_a_corpus_is_refused_unless_forced(workspace, tmp_p
     forced = tmp_path / "forced"
     forced.mkdir()
     (forced / "draft.txt").write_text("kept")
-    args = ["--raw", str(workspace["raw"]), "--out", str(forced), "--vocab-size", str(VOCAB), "--quiet"]
-    done = ptgpt("corpus", "build", *args, "--force")
-    assert done.returncode == 0, done.stderr
+    cache = str(workspace["corpus"] / ".cache")
+    build_in_process("--raw", str(workspace["raw"]), "--out", str(forced), "--force", "--cache-dir", cache)
     assert (forced / "draft.txt").read_text() == "kept" and (forced / "manifest.json").is_file()
 
 
 def test_allow_empty_splits_builds_from_two_books(workspace, tmp_path) -> None:
     out = tmp_path / "small"
-    args = ["--raw", str(workspace["root"] / "two"), "--out", str(out), "--vocab-size", str(VOCAB), "--quiet"]
-    done = ptgpt("corpus", "build", *args, "--allow-empty-splits")
-    assert done.returncode == 0, done.stderr
+    two = str(workspace["root"] / "two")
+    build_in_process(
+        "--raw", two, "--out", str(out), "--allow-empty-splits", "--cache-dir", str(tmp_path / "c")
+    )
     splits = json.loads((out / "manifest.json").read_text())["splits"]
     assert splits["train"]["books"] and not all(s["books"] for s in splits.values())
 
@@ -158,10 +166,7 @@ def test_rejection_reasons_are_true(workspace, tmp_path) -> None:
     (raw / "80003.txt").write_bytes("Era uma vez um livro em UTF-16.\n".encode("utf-16") * 50)
     (raw / "80004.txt").write_bytes(bytes(range(256)) * 40)
     out = tmp_path / "corpus"
-    done = ptgpt(
-        "corpus", "build", "--raw", str(raw), "--out", str(out), "--vocab-size", str(VOCAB), "--quiet"
-    )
-    assert done.returncode == 0, done.stderr
+    build_in_process("--raw", str(raw), "--out", str(out), "--cache-dir", str(workspace["corpus"] / ".cache"))
     rejected = json.loads((out / "manifest.json").read_text())["books"]["rejected"]
     assert {k: rejected[k] for k in ("80001", "80002", "80003", "80004")} == {
         "80001": "empty_file",
@@ -218,9 +223,11 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs need
 def test_a_rebuild_on_a_full_disk_leaves_the_corpus_byte_identical(workspace, tmp_path) -> None:
     with tmpfs(tmp_path / "small", "16m") as disk:
         corpus = disk / "corpus"
-        args = ["--raw", str(workspace["raw"]), "--out", str(corpus), "--quiet"]
-        done = ptgpt("corpus", "build", *args, "--vocab-size", str(VOCAB))
-        assert done.returncode == 0, done.stderr
+        cache = str(
+            workspace["corpus"] / ".cache"
+        )  # cleaned books come from there: only outputs fill the disk
+        args = ["--raw", str(workspace["raw"]), "--out", str(corpus), "--quiet", "--cache-dir", cache]
+        build_in_process(*args)
         before = snapshot(corpus)
         fill(disk)
         done = ptgpt("corpus", "build", *args, "--vocab-size", str(VOCAB + 50))  # new tokenizer, new shards
