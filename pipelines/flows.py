@@ -6,7 +6,7 @@
     train-model        a built corpus -> training.train.train (resumes from the run's checkpoints)
     corpus-and-train   the two in sequence
 
-Run in-process (`python -m pipelines.flows SOURCE OUT`, `ptgpt build`) or as deployments
+Run in-process (`python -m pipelines.flows SOURCE OUT`, `ptgpt fetch-and-build`) or as deployments
 (prefect.yaml entrypoints `pipelines/flows.py:build_corpus_flow`, `...:train_model_flow`,
 `...:corpus_and_train_flow`).
 
