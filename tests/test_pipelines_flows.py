@@ -336,6 +336,30 @@ def test_failing_stage_fails_the_flow(reference, tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.slow
+def test_a_failed_flow_leaves_the_previous_corpus_byte_identical(reference, tmp_path, monkeypatch) -> None:
+    """The flow builds through the same staging folder as `ptgpt corpus build`: a failure costs nothing."""
+    from pipelines.flows import build_corpus_flow
+
+    p, _, _ = reference
+    out = tmp_path / "corpus"
+    shutil.copytree(p["out"], out, ignore=shutil.ignore_patterns(".cache"))  # no cache: books get cleaned
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*") if f.is_file()}
+
+    before = files(out)
+
+    def broken_cleaner(data, book_id, config):
+        raise KeyError("a bug in the cleaning code")
+
+    monkeypatch.setattr("corpus.build.clean_book", broken_cleaner)
+    state = build_corpus_flow(**params(p["source"], p["ids"][:-1], tmp_path, raw=p["raw"]), return_state=True)
+    assert state.is_failed() and "a bug in the cleaning code" in state.message
+    assert files(out) == before
+    assert not list(tmp_path.glob(".corpus.*"))
+
+
+@pytest.mark.slow
 def test_corpus_and_train(reference, tmp_path) -> None:
     """The main job: build, then train; a rerun with more steps continues from the checkpoint."""
     from pipelines import artifacts
