@@ -727,9 +727,9 @@ def build_corpus(
 
     raw_books: the books to use (default: every book of the raw store). map_books: the executor of
     the per-book stage (default: `process_pool(workers, progress)`). build_info: extra entries for
-    the manifest's `build` (a flow adds its run id, `stage_seconds` its download time); source: where
-    the raw store's books came from, recorded in the manifest. force: build
-    into a non-empty OUT that is not a corpus. allow_empty_splits: build from fewer than 3 books.
+    the manifest's `build` (a flow adds its run id, `stage_seconds` its download time). source: where
+    the raw store's books came from, recorded in the manifest. force: build into a non-empty OUT
+    that is not a corpus. allow_empty_splits: build from fewer than 3 books.
     Raises UserError for bad input or a full or read-only disk; OUT is then left as it was.
     """
     config = config or CorpusConfig()
@@ -741,6 +741,7 @@ def build_corpus(
     check_build_inputs(
         raw_dir, out_dir, raw_books, config, force=force, allow_empty_splits=allow_empty_splits
     )
+    out_dir = out_dir.resolve()  # "." has no name to put a staging folder next to; a link, its target
     finish_interrupted_swap(out_dir)
     staging = staging_dir(out_dir)
     try:
