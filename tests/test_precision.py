@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from common.errors import UserError
 from training.model import GPT, ModelConfig
 from training.precision import (
     Precision,
@@ -228,7 +229,7 @@ def test_checkpointing_and_fp16_lower_the_estimate():
 def test_out_of_memory_becomes_one_line_naming_the_fix():
     base = ModelConfig.preset("base")
     context = dict(config=base, batch_size=32, grad_accum=2, block_size=1024, precision="fp16")
-    with pytest.raises(MemoryError) as info, explain_out_of_memory(activation_checkpointing=False, **context):
+    with pytest.raises(UserError) as info, explain_out_of_memory(activation_checkpointing=False, **context):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
     message = str(info.value)
     assert "\n" not in message

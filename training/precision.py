@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
+from common.errors import UserError
 from training.model import GPT, ModelConfig
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -367,7 +368,8 @@ def out_of_memory_message(
 
 @contextlib.contextmanager
 def explain_out_of_memory(message: str | None = None, **context) -> Iterator[None]:
-    """Turn torch.OutOfMemoryError into a MemoryError carrying out_of_memory_message(**context)."""
+    """Turn torch.OutOfMemoryError into a UserError carrying out_of_memory_message(**context): the CLI
+    prints it as one line instead of a traceback ending in an allocator dump."""
     try:
         yield
     except torch.OutOfMemoryError as e:
@@ -376,7 +378,7 @@ def explain_out_of_memory(message: str | None = None, **context) -> Iterator[Non
             if torch.cuda.is_available():
                 gpu_gb = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GiB
             message = out_of_memory_message(gpu_gb=gpu_gb, **context)
-        raise MemoryError(message) from e
+        raise UserError(message) from e
 
 
 # -----------------------------------------------------------------------------------------------
