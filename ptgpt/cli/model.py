@@ -67,13 +67,13 @@ def export_hf(
     """Write a folder that transformers loads without custom code: LlamaForCausalLM for a dense model,
     MixtralForCausalLM for an MoE (which needs an MoE in every layer), with the SentencePiece model as a
     Llama tokenizer."""
-    from training.checkpoint import best_checkpoint, read_checkpoint_config
+    from training.checkpoint import newest_valid_checkpoint, read_checkpoint_config
     from training.export_hf import export_checkpoint
 
     if (run_dir is None) == (checkpoint_dir is None):
         raise click.UsageError("give exactly one of --run or --checkpoint")
     try:
-        checkpoint = checkpoint_dir if checkpoint_dir is not None else best_checkpoint(run_dir)
+        checkpoint = checkpoint_dir if checkpoint_dir is not None else newest_valid_checkpoint(run_dir)
         if tokenizer_path is None and not read_checkpoint_config(checkpoint).get("tokenizer_path"):
             raise click.UsageError(f"{checkpoint}/config.json records no tokenizer_path: pass --tokenizer")
         out = export_checkpoint(

@@ -60,13 +60,13 @@ def train(ctx: click.Context, corpus: Path, run_dir: Path, preset: str, max_step
 
 
 def _checkpoint_of(run_dir: Path | None, checkpoint_dir: Path | None) -> Path:
-    from training.checkpoint import best_checkpoint
+    from training.checkpoint import newest_valid_checkpoint
 
     if (run_dir is None) == (checkpoint_dir is None):
         raise click.UsageError("give exactly one of --run or --checkpoint")
     if checkpoint_dir is not None:
         return checkpoint_dir
-    return best_checkpoint(run_dir)
+    return newest_valid_checkpoint(run_dir)
 
 
 def _device(name: str) -> str:
