@@ -241,3 +241,92 @@ def test_out_of_memory_becomes_one_line_naming_the_fix():
     assert "smaller --preset" in out_of_memory_message(base, 1, 64, 1024, "fp16", True, gpu_gb=15.0)
     with explain_out_of_memory(activation_checkpointing=False, **context):
         pass  # no error, nothing raised
+
+
+# -----------------------------------------------------------------------------------------------
+# In the trainer: --precision fp16 on the CPU, resumed through a real checkpoint
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from corpus_factory import random_books, write_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    splits = {"train": random_books(0, 12, max_paragraphs=12), "validation": random_books(1, 2, first_id=900)}
+    return write_corpus(root, splits, rows_per_group=6)
+
+
+def trainer_config(corpus, run, **kw):
+    from training.train import TrainConfig
+
+    model = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_kv_head": 1, "mlp_hidden": 64, "max_seq_len": 16}
+    base = dict(
+        corpus=str(corpus),
+        run_dir=str(run),
+        model_overrides=model,
+        max_steps=6,
+        batch_size=4,
+        block_size=16,
+        warmup_steps=2,
+        eval_every=0,
+        checkpoint_every=3,
+        log_every=1,
+        shuffle_buffer=8,
+        threads=1,
+        samples=False,
+        tensorboard=False,
+        progress=False,
+        plot=False,
+        precision="fp16",
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_trainer_fp16_on_cpu_logs_the_scale_and_resumes_bit_exactly(corpus, tmp_path):
+    from training import checkpoint as ckpt
+    from training.metrics import read_metrics
+    from training.train import config_from_args, train
+
+    flags = config_from_args(
+        ["--corpus", str(corpus), "--run", "r", "--precision", "fp16", "--activation-checkpointing", "true"]
+    )
+    assert flags.precision == "fp16" and flags.activation_checkpointing
+    with pytest.raises(ValueError, match="--precision"):
+        trainer_config(corpus, tmp_path / "x", precision="half")
+
+    straight = tmp_path / "straight"
+    train(trainer_config(corpus, straight))
+    resumed = tmp_path / "resumed"
+    train(trainer_config(corpus, resumed, max_steps=3))
+    summary = train(trainer_config(corpus, resumed))
+    assert summary["start_step"] == 3 and summary["step"] == 6
+
+    records = read_metrics(straight)
+    assert all("loss_scale" in r and "skipped_steps" in r for r in records)
+    assert [r["loss"] for r in read_metrics(resumed)] == [r["loss"] for r in records]
+    states = [
+        json.loads((ckpt.latest_valid_training_checkpoint(run) / "trainer.json").read_text())["precision"]
+        for run in (straight, resumed)
+    ]
+    assert states[0] == states[1] and states[0]["kind"] == "fp16"
+    assert states[0]["scaler"]["scale"] == records[-1]["loss_scale"]
+    a = ckpt.load_model(ckpt.latest_valid_training_checkpoint(straight)).state_dict()
+    b = ckpt.load_model(ckpt.latest_valid_training_checkpoint(resumed)).state_dict()
+    for name, value in a.items():
+        assert torch.equal(value, b[name]), name
+
+
+def test_trainer_activation_checkpointing_trains_the_same_run(corpus, tmp_path):
+    from training.metrics import read_metrics
+    from training.train import train
+
+    for name, on in (("plain", False), ("checkpointed", True)):
+        train(
+            trainer_config(
+                corpus, tmp_path / name, precision="fp32", max_steps=3, activation_checkpointing=on
+            )
+        )
+    plain, checkpointed = (
+        [r["loss"] for r in read_metrics(tmp_path / name)] for name in ("plain", "checkpointed")
+    )
+    assert checkpointed == pytest.approx(plain, rel=1e-5)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 
 from common.errors import UserError
+from training.config import ConfigError
 from training.model import GPT, ModelConfig
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -55,20 +56,22 @@ def mps_available() -> bool:
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """ "auto": cuda, then mps, then cpu. An explicit device that is not there is an error, not a fallback."""
+    """ "auto": cuda, then mps, then cpu. A device asked for that is not there is an error, not a fallback."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
-    if name == "cuda":
+    if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda asked for, but torch sees no CUDA GPU: use --device auto or cpu")
-        return torch.device("cuda", local_rank)
+            raise ConfigError(
+                f"--device {name} asked for, but torch sees no CUDA GPU: use --device auto or cpu"
+            )
+        return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
     if name == "mps":
         if not mps_available():
-            raise ValueError("--device mps asked for, but this torch has no MPS (Apple silicon) backend")
+            raise ConfigError("--device mps asked for, but this torch has no MPS (Apple silicon) backend")
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"unknown device {name!r}: use auto, cuda, mps or cpu")
+    raise ConfigError(f"unknown device {name!r}: use auto, cuda, mps or cpu")
 
 
 def cuda_capability(device: torch.device) -> tuple[int, int] | None:
@@ -84,14 +87,14 @@ def choose_precision(requested: str, device_type: str, capability: tuple[int, in
     on a CPU. bf16 on a CUDA GPU older than Ampere is refused: it would run emulated, many times slower.
     """
     if requested not in PRECISIONS:
-        raise ValueError(f"unknown precision {requested!r}: use one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"unknown precision {requested!r}: use one of {', '.join(PRECISIONS)}")
     has_bf16 = capability is not None and capability >= (8, 0)
     if requested == "auto":
         if device_type == "cuda":
             return "bf16" if has_bf16 else "fp16"
         return "fp32"
     if requested == "bf16" and device_type == "cuda" and not has_bf16:
-        raise ValueError(
+        raise ConfigError(
             f"--precision bf16: this GPU (compute capability {capability[0]}.{capability[1]}) has no bf16 "
             "tensor cores; use --precision fp16 (or auto)"
             if capability
@@ -399,7 +402,10 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {"vocab_size": args.vocab_size} if args.vocab_size else {}
     config = ModelConfig.preset(args.preset, **overrides)
     block = args.block_size or config.max_seq_len
-    fit = fit_batch(config, block, args.gpu_gb, args.tokens_per_step, args.precision)
+    try:
+        fit = fit_batch(config, block, args.gpu_gb, args.tokens_per_step, args.precision)
+    except ValueError as e:
+        raise SystemExit(f"Error: {e}") from None
     flags = f"--batch-size {fit['batch_size']} --grad-accum {fit['grad_accum']} --block-size {block}"
     if fit["activation_checkpointing"]:
         flags += " --activation-checkpointing true"
