@@ -56,7 +56,8 @@ def mps_available() -> bool:
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """ "auto": cuda, then mps, then cpu. A device asked for that is not there is an error, not a fallback."""
+    """The device for --device: auto picks cuda, then mps, then cpu; a named one that is missing is an
+    error, not a silent fallback to a slower device."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     if name == "cuda" or name.startswith("cuda:"):
