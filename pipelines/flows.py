@@ -53,6 +53,7 @@ from pipelines import artifacts, tasks
 from scraping.http import FetchConfig, FetchError
 from scraping.scrape import ScrapeConfig, make_client
 from scraping.store import RawStore
+from training.config import ConfigError, TrainConfig  # no torch: the train parameters' defaults
 
 DOWNLOAD_THREADS = 4  # downloads in flight; the shared limiter still spaces request starts by 1/rate
 TASK_RUNNERS = ("threads", "processes", "dask")
@@ -264,7 +265,6 @@ def train_config(corpus: str, run: str, preset: str, max_steps: int, overrides: 
     from dataclasses import fields
 
     from training.model import ModelConfig
-    from training.train import TrainConfig
 
     overrides = dict(overrides or {})
     model = dict(overrides.pop("model", None) or {})
@@ -278,7 +278,7 @@ def train_config(corpus: str, run: str, preset: str, max_steps: int, overrides: 
         elif name in model_names:
             model[name] = value
         else:
-            raise ValueError(f"unknown override {name!r}: not a TrainConfig or ModelConfig field")
+            raise ConfigError(f"unknown override {name!r}: not a TrainConfig or ModelConfig field")
     return TrainConfig(
         corpus=str(corpus),
         run_dir=str(run),
@@ -293,8 +293,8 @@ def train_config(corpus: str, run: str, preset: str, max_steps: int, overrides: 
 def train_model_flow(
     corpus: str,
     run: str,
-    preset: str = "tiny",
-    max_steps: int = 1000,
+    preset: str = TrainConfig.preset,
+    max_steps: int = TrainConfig.max_steps,
     overrides: dict | None = None,
     nproc: int = 1,
 ) -> dict:
@@ -342,12 +342,13 @@ def corpus_and_train_flow(
     rate: float = 1.0,
     task_runner: str = "threads",
     dask_address: str | None = None,
-    preset: str = "tiny",
-    max_steps: int = 1000,
+    preset: str = TrainConfig.preset,
+    max_steps: int = TrainConfig.max_steps,
     overrides: dict | None = None,
     nproc: int = 1,
 ) -> dict:
     """The project's main job: build-corpus into OUT, then train-model into RUN on it."""
+    train_config(out, run, preset, max_steps, overrides)  # a bad preset or override fails before any download
     corpus = build_corpus_flow(
         source=source,
         out=out,

@@ -77,12 +77,14 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "log_every", "checkpoint_every", "keep_last", "prefetch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("block_size", "grad_accum", "tokens_per_step", "data_shards", "eval_batches"):
+        optional = ("block_size", "grad_accum", "tokens_per_step", "data_shards", "eval_batches")
+        for name in (*optional, "eval_batch_size", "decay_steps", "threads"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1 (or none), got {value}")
-        if self.eval_every < 0 or self.warmup_steps < 0:
-            raise ConfigError("--eval-every and --warmup-steps must be >= 0")
+        for name in ("eval_every", "warmup_steps", "shuffle_buffer", "sample_tokens"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "warmdown_frac"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

@@ -62,9 +62,7 @@ def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     if name == "cuda" or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise ConfigError(
-                f"--device {name} asked for, but torch sees no CUDA GPU: use --device auto or cpu"
-            )
+            raise ConfigError(f"--device {name} asked for, but torch sees no GPU: use --device cpu (or auto)")
         return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
     if name == "mps":
         if not mps_available():

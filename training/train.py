@@ -263,6 +263,30 @@ def build_loaders(
     return prefetchers
 
 
+def check_corpus_and_model(c: TrainConfig, verify: bool = True) -> tuple[CorpusInfo, ModelConfig, int]:
+    """The corpus (its shards verified against the manifest), the model config, the block size."""
+    info = CorpusInfo.from_dir(c.corpus)
+    if verify:
+        splits = ["train", "validation"] if c.eval_every > 0 else ["train"]
+        verify_shards(info, splits, checksums=c.verify_shards)
+    model_config = build_model_config(c, info)
+    block_size = c.block_size or model_config.max_seq_len
+    if block_size > model_config.max_seq_len:
+        raise ConfigError(
+            f"block_size={block_size} exceeds the model's max_seq_len={model_config.max_seq_len}"
+        )
+    return info, model_config, block_size
+
+
+def check_before_launch(c: TrainConfig) -> None:
+    """What setup_run would refuse, checked without building a model: for a launcher before torchrun,
+    whose report of a failed rank is pages long."""
+    device = pick_device(c.device, Dist())
+    choose_precision(c.precision, device.type, cuda_capability(device))
+    _, model_config, _ = check_corpus_and_model(c)
+    find_resume_checkpoint(c, model_config)
+
+
 @dataclass
 class Run:
     """What one train() call works on: the model, optimizer and loaders, and where the loop stands."""
@@ -289,7 +313,7 @@ class Run:
     tokenizer: object | None = None  # SentencePiece, for samples
     on_log: Callable[[dict], None] | None = None
     flops_per_token: float = 0.0  # for MFU
-    peak_flops: float | None = None  # of the device; None: unknown (CPU, an unlisted GPU)
+    device_peak_flops: float | None = None  # None: unknown (CPU, an unlisted GPU)
     # throughput since the last logged step
     t_last: float = 0.0
     tokens_since: int = 0
@@ -307,16 +331,7 @@ def setup_run(
     c: TrainConfig, d: Dist, device: torch.device, on_log: Callable[[dict], None] | None = None
 ) -> Run:
     """Read the corpus, decide where to start, build model, optimizer and loaders, open the logs."""
-    info = CorpusInfo.from_dir(c.corpus)
-    if d.is_main:
-        splits = ["train", "validation"] if c.eval_every > 0 else ["train"]
-        verify_shards(info, splits, checksums=c.verify_shards)
-    model_config = build_model_config(c, info)
-    block_size = c.block_size or model_config.max_seq_len
-    if block_size > model_config.max_seq_len:
-        raise ConfigError(
-            f"block_size={block_size} exceeds the model's max_seq_len={model_config.max_seq_len}"
-        )
+    info, model_config, block_size = check_corpus_and_model(c, verify=d.is_main)
     n_shards, my_shards = loader_shards(c, d)
     grad_accum = resolve_grad_accum(c, d, block_size, len(my_shards))
     tokens_per_step = c.batch_size * block_size * grad_accum * d.world_size
@@ -381,10 +396,14 @@ def setup_run(
         last_checkpoint=resume_dir,
         on_log=on_log,
         flops_per_token=model.flops_per_token(block_size),
-        peak_flops=peak_flops(device),
+        device_peak_flops=peak_flops(device),
     )
     if d.is_main:
-        open_logs(run, n_shards, resume_dir)
+        try:
+            open_logs(run, n_shards, resume_dir)
+        except BaseException:  # e.g. a full disk: stop the prefetch threads before passing it on
+            close_run(run)
+            raise
     return run
 
 
@@ -493,11 +512,14 @@ def train_step(run: Run) -> StepResult:
     return StepResult(lr, loss_sum, grad_norm, load_sum, aux)
 
 
-def check_finite(run: Run, result: StepResult) -> None:
-    """Stop at a NaN/inf loss or gradient norm, before it reaches a checkpoint."""
+def check_finite(run: Run, result: StepResult, weights: bool = False) -> None:
+    """Stop at a NaN/inf loss or gradient norm (and, before a checkpoint, weights), so none is saved."""
     loss, grad_norm = result.loss(run), result.grad_norm.item()
     skipped_by_fp16 = run.precision.scaler is not None  # an inf/NaN fp16 step is skipped and counted
-    if math.isfinite(loss) and (math.isfinite(grad_norm) or skipped_by_fp16):
+    finite = math.isfinite(loss) and (math.isfinite(grad_norm) or skipped_by_fp16)
+    if finite and weights:
+        finite = bool(torch.stack([p.isfinite().all() for p in run.raw_model.parameters()]).all())
+    if finite:
         return
     kept = run.last_checkpoint if run.last_checkpoint is not None else "none (no checkpoint yet)"
     raise TrainingDiverged(
@@ -528,7 +550,7 @@ def log_step(run: Run, result: StepResult, evaluating: bool) -> None:
         "data_wait_frac": run.data_wait / elapsed,
         "epoch": run.shard_cycle[0].loader.epoch,
     }
-    achieved = mfu(tok_s / d.world_size, run.flops_per_token, run.peak_flops)
+    achieved = mfu(tok_s / d.world_size, run.flops_per_token, run.device_peak_flops)
     if achieved is not None:
         record["mfu"] = achieved
     if run.precision.scaler is not None:
@@ -710,7 +732,7 @@ def train_loop(run: Run, stop: StopSignal) -> dict:
             if run.step % c.log_every == 0 or evaluating or last:
                 log_step(run, result, evaluating)
             if run.step % c.checkpoint_every == 0 or last:
-                check_finite(run, result)
+                check_finite(run, result, weights=True)
                 save_checkpoint(run)
                 run.t_last = time.perf_counter()  # checkpoints do not count as training time
             if stopping:
