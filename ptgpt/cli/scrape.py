@@ -74,6 +74,7 @@ def scrape(
 
     Exits 1 when any book failed (they are listed); rerunning skips books already stored.
     """
+    from common.errors import UserError
     from scraping.http import FetchConfig, FetchError
     from scraping.scrape import ScrapeConfig, scrape
 
@@ -96,7 +97,7 @@ def scrape(
         summary = scrape(config, progress=not quiet)
     except FetchError as e:
         raise click.ClickException(f"discovery failed: {e}") from None
-    except ValueError as e:
+    except (ValueError, UserError) as e:  # UserError: until the CLI's error layer prints it
         raise click.ClickException(str(e)) from None
     click.echo(
         f"found {summary.found}, downloaded {summary.downloaded} ({summary.bytes / 1e6:.1f} MB), "
@@ -127,8 +128,8 @@ def scrape(
 @click.option("--extra", type=click.IntRange(min=0), default=0, help="Generated sample books to add.")
 def mirror(port: int, books_dir: Path | None, extra: int) -> None:
     """Serve a Gutenberg-layout mirror on 127.0.0.1 (Ctrl-C to stop)."""
-    from scraping.mirror import GutenbergMirror, mirror_books_from_folder, mirror_books_from_samples
-    from scraping.sample_books import sample_books
+    from fakegutenberg.books import sample_books
+    from fakegutenberg.mirror import GutenbergMirror, mirror_books_from_folder, mirror_books_from_samples
 
     books = (
         mirror_books_from_folder(books_dir)
