@@ -30,10 +30,10 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch):
         nbclient = pytest.importorskip("nbclient")
     small = {
         "PTGPT_NB_SOURCE": "sample",  # never the network in tests
-        "PTGPT_NB_BOOKS": "4",
+        "PTGPT_NB_BOOKS": "0",
         "PTGPT_NB_VOCAB": "600",
         "PTGPT_NB_PRESET": "tiny",
-        "PTGPT_NB_STEPS": "40",
+        "PTGPT_NB_STEPS": "20",
         "PTGPT_NB_WORK": str(tmp_path / "work"),
         "CUDA_VISIBLE_DEVICES": "",
         "OMP_NUM_THREADS": "1",  # torch in the kernel and in the ptgpt subprocesses: no oversubscription
@@ -47,12 +47,13 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch):
     client.execute()
 
     outputs = {i: cell.get("outputs", []) for i, cell in enumerate(nb.cells) if cell.cell_type == "code"}
-    text = "\n".join(
+    # one print may arrive as several stream messages: join them as they came
+    text = "".join(
         o.get("text", "") for outs in outputs.values() for o in outs if o["output_type"] == "stream"
     )
     assert "source: sample" in text
     assert "downloaded" in text and "failed 0" in text  # the scrape through the local mirror
-    assert "preset tiny, 40 steps" in text
+    assert "preset tiny, 20 steps" in text
     assert '"split": "validation"' in text and '"bpb"' in text  # ptgpt eval
     assert "Era uma vez" in text and "Disse-lhe a mãe que" in text  # ptgpt generate
     images = [o for outs in outputs.values() for o in outs if "image/png" in o.get("data", {})]
