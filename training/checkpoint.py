@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from common.errors import UserError
@@ -46,6 +47,19 @@ def unwrap_model(model: torch.nn.Module) -> GPT:
     return model
 
 
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """safetensors' save_file, its I/O failures raised as OSError (errno, path) like Python's own writes,
+    so that a full or read-only disk is reported as such (the CLI names the path and the free space)."""
+    try:
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    except SafetensorError as e:
+        found = re.search(r"os error (\d+)", str(e))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from e
+
+
 def save_model(model: torch.nn.Module, directory: str | Path, extra: dict | None = None) -> Path:
     """Write the weights and config of `model` into `directory` (created if needed); returns it."""
     gpt = unwrap_model(model)
@@ -60,7 +74,7 @@ def save_model(model: torch.nn.Module, directory: str | Path, extra: dict | None
         "model": gpt.config.to_dict(),
         **(extra or {}),
     }
-    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_tensors(state, tmp))
     write_text_atomic(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return directory
 
@@ -196,11 +210,9 @@ def save_training_checkpoint(
     try:
         save_model(model, tmp, extra={**(extra or {}), "step": step})
         opt_tensors, opt_meta = optimizer_state_to_tensors(optimizer)
-        save_file(opt_tensors, tmp / OPTIMIZER_FILE, metadata={"format": "pt"})
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in trainer_tensors.items()},
-            tmp / TRAINER_TENSORS_FILE,
-            metadata={"format": "pt"},
+        save_tensors(opt_tensors, tmp / OPTIMIZER_FILE)
+        save_tensors(
+            {k: v.detach().contiguous().cpu() for k, v in trainer_tensors.items()}, tmp / TRAINER_TENSORS_FILE
         )
         payload = {"step": step, "optimizer": opt_meta, **trainer_state}
         (tmp / TRAINER_JSON_FILE).write_text(json.dumps(payload, indent=1) + "\n")
