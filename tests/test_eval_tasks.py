@@ -55,7 +55,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def sample_corpus(tmp_path_factory) -> Path:
-    from scraping.sample_books import sample_books
+    from fakegutenberg.books import sample_books
 
     root = tmp_path_factory.mktemp("eval")
     raw = root / "raw"
