@@ -54,7 +54,7 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch):
     assert "source: sample" in text
     assert "downloaded" in text and "failed 0" in text  # the scrape through the local mirror
     assert "preset tiny, 20 steps" in text
-    assert '"split": "validation"' in text and '"bpb"' in text  # ptgpt eval
+    assert "bpb validation" in text and "choice acc" in text  # ptgpt eval
     assert "Era uma vez" in text and "Disse-lhe a mãe que" in text  # ptgpt generate
     images = [o for outs in outputs.values() for o in outs if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the cleaning plot and the live loss plot
