@@ -58,6 +58,7 @@ from training.evaluate import autocast_context, evaluate, generate_samples, load
 from training.flops import mfu, peak_flops
 from training.metrics import MetricsLogger, ProgressBar, plot_run
 from training.model import GPT, ModelConfig
+from training.optim import build_optimizer
 
 RUN_CONFIG_FILE = "config.json"
 SAMPLES_FILE = "samples.txt"
@@ -86,6 +87,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # on matrices only (GPT.configure_param_groups)
     beta1: float = 0.9
     beta2: float = 0.95
+    optimizer: str = "adamw"  # "adamw", or "muon" (hidden matrices; AdamW on the rest): training/optim.py
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     seed: int = 1337  # model init and data order
     # -- data
@@ -387,9 +389,6 @@ def _train(c: TrainConfig, d: Dist, device: torch.device, stop: StopSignal) -> d
 
     torch.manual_seed(c.seed)
     model = GPT(model_config)  # initialised on the CPU, so the weights do not depend on the device
-    optimizer_args = {"lr": c.lr, "betas": (c.beta1, c.beta2), "eps": 1e-8}
-    if device.type == "cuda":
-        optimizer_args["fused"] = True
     start_step, tokens_seen = 0, 0
     resume_state = None
     if resume_dir is not None:
@@ -400,7 +399,8 @@ def _train(c: TrainConfig, d: Dist, device: torch.device, stop: StopSignal) -> d
         resume_state = (trainer, opt_tensors, trainer_tensors)
         start_step, tokens_seen = int(trainer["step"]), int(trainer["tokens_seen"])
     model.to(device)
-    optimizer = torch.optim.AdamW(model.configure_param_groups(c.weight_decay), **optimizer_args)
+    fused = True if device.type == "cuda" else None
+    optimizer = build_optimizer(model, c.optimizer, c.lr, c.weight_decay, (c.beta1, c.beta2), fused=fused)
     if resume_state is not None:
         trainer, opt_tensors, trainer_tensors = resume_state
         optimizer.load_state_dict(ckpt.optimizer_state_from_tensors(opt_tensors, trainer["optimizer"]))
