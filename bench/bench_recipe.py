@@ -30,7 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -141,6 +141,8 @@ def recipe_config(args: argparse.Namespace, vocab: int, target_params: int) -> M
     per_hidden = 3 * args.embd * args.layers  # SwiGLU parameters per unit of hidden width
     without = _count(ModelConfig(**base, mlp_hidden=32)) - 32 * per_hidden
     hidden = max(32, round((target_params - without) / per_hidden / 32) * 32)
+    if args.moe:  # same active parameters: 8 experts of half the width, top-2 (the *-moe presets' rule)
+        return ModelConfig(**base, mlp_hidden=hidden, n_experts=8, top_k=2, expert_hidden=hidden // 2)
     return ModelConfig(**base, mlp_hidden=hidden)
 
 
@@ -173,6 +175,7 @@ class Run:
     steps: int = 0
     step_times: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    val_at_step: dict | None = None
 
     def __post_init__(self) -> None:
         self.optimizer = self.make_optimizer(self.model)
@@ -193,6 +196,11 @@ class Run:
         self.steps += 1
         self.step_times.append(dt)
         self.losses.append(loss.item())
+
+
+def evaluate_run(run: Run, args: argparse.Namespace) -> dict:
+    """Validation figures on the first args.val_batches batches: the same windows for every model."""
+    return evaluate(run.model, args.corpus, "validation", args.seq, args.batch, args.val_batches, "cpu")
 
 
 def pure_step_speed(runs: list[Run], batch: int, seq: int, vocab: int, n: int) -> dict[str, float]:
@@ -284,17 +292,24 @@ def main() -> None:
     torch.manual_seed(args.seed)
     config = recipe_config(args, vocab, gpt2.num_params())
     recipe = GPT(config)
+    baseline_optimizer = lambda m: gpt2_optimizer(m, args.lr, 0.1)  # noqa: E731
+    if args.baseline == "dense":
+        torch.manual_seed(args.seed)
+        gpt2 = GPT(replace(config, n_experts=0, qk_norm=False))
+        baseline_optimizer = lambda m: build_optimizer(m, "adamw", lr=args.lr)  # noqa: E731
 
     def loader() -> TokenWindowLoader:
         return TokenWindowLoader(args.corpus, LoaderConfig(args.seq, args.batch, seed=args.seed))
 
     def recipe_optimizer(model: GPT):
-        return build_optimizer(model, args.optimizer, lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
+        return build_optimizer(
+            model, args.optimizer, lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95), fused=args.fused
+        )
 
     runs = [
-        Run("gpt2-baseline", gpt2, gpt2, lambda m: gpt2_optimizer(m, args.lr, 0.1), args.lr, loader()),
+        Run("baseline", gpt2, gpt2, baseline_optimizer, args.lr, loader()),
         Run(
-            "ptgpt-recipe",
+            "recipe",
             recipe,
             torch.compile(recipe) if args.compile else recipe,
             recipe_optimizer,
@@ -303,19 +318,20 @@ def main() -> None:
         ),
     ]
     recipe_name = (
-        f"{args.optimizer}{', qk-norm' if args.qk_norm else ''}{', compiled' if args.compile else ''}, "
-        f"SwiGLU {config.mlp_hidden}, kv heads {config.n_kv_head}"
+        f"{args.optimizer}{' (fused AdamW)' if args.fused else ''}{', qk-norm' if args.qk_norm else ''}"
+        f"{', compiled' if args.compile else ''}, SwiGLU {config.mlp_hidden}, kv heads {config.n_kv_head}"
+        + (f", MoE {config.n_experts}x{config.expert_hidden} top-{config.top_k}" if config.n_experts else "")
     )
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; shape {args.layers}L x {args.embd} x "
-        f"{args.heads}h, T={args.seq}, batch {args.batch}, vocab {vocab}; recipe: {recipe_name}",
+        f"{args.heads}h, T={args.seq}, batch {args.batch}, vocab {vocab}; baseline: {args.baseline}; recipe: {recipe_name}",
         flush=True,
     )
     print(f"params: baseline {gpt2.num_params():,}, recipe {recipe.num_params():,}", flush=True)
 
     speed = pure_step_speed(runs, args.batch, args.seq, vocab, args.speed_steps)
     tokens = args.batch * args.seq
-    base_s, rec_s = speed["gpt2-baseline"], speed["ptgpt-recipe"]
+    base_s, rec_s = speed["baseline"], speed["recipe"]
     print(
         f"pure step speed (interleaved, median of {args.speed_steps}): baseline {tokens / base_s:,.0f} tok/s, "
         f"recipe {tokens / rec_s:,.0f} tok/s, ratio {base_s / rec_s:.2f}x",
@@ -328,6 +344,8 @@ def main() -> None:
         for run in runs:
             if run.clock < budget:
                 run.step(budget, args.warmup_frac)
+                if run.steps == args.eval_at_step:
+                    run.val_at_step = evaluate_run(run, args)
         done = min(r.clock for r in runs) / budget
         if runs[0].steps % 10 == 0:
             print(
@@ -342,7 +360,7 @@ def main() -> None:
         f"\n{'model':<16}{'params':>12}{'steps':>8}{'tok/s':>10}{'med step s':>12}{'val loss':>10}{'val bpb':>9}"
     )
     for run in runs:
-        val = evaluate(run.model, args.corpus, "validation", args.seq, args.batch, args.val_batches, "cpu")
+        val = evaluate_run(run, args)
         tps = run.steps * tokens / run.clock
         med = statistics.median(run.step_times)
         n = sum(p.numel() for p in run.model.parameters())
@@ -358,8 +376,14 @@ def main() -> None:
             "val_loss": val["loss"],
             "val_bpb": val["bpb"],
             "val_tokens": val.get("tokens"),
+            "val_at_step": run.val_at_step,
         }
-    a, b = results["models"]["gpt2-baseline"], results["models"]["ptgpt-recipe"]
+    a, b = results["models"]["baseline"], results["models"]["recipe"]
+    if a["val_at_step"] and b["val_at_step"]:
+        print(
+            f"at step {args.eval_at_step} (equal steps): val bpb recipe {b['val_at_step']['bpb']:.4f}, "
+            f"baseline {a['val_at_step']['bpb']:.4f}"
+        )
     print(
         f"\nrecipe vs baseline: step speed {base_s / rec_s:.2f}x (pure), "
         f"{b['tokens_per_s'] / a['tokens_per_s']:.2f}x (training, interleaved); "
