@@ -275,6 +275,17 @@ def main() -> None:
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="compile the recipe"
     )
     p.add_argument(
+        "--fused", action=argparse.BooleanOptionalAction, default=False, help="recipe: fused AdamW"
+    )
+    p.add_argument("--moe", action="store_true", help="recipe: 8 experts top-2 at the same active parameters")
+    p.add_argument(
+        "--baseline",
+        default="gpt2",
+        choices=["gpt2", "dense"],
+        help="gpt2: the nanoGPT-style model; dense: training/model.py dense, AdamW, eager (for --moe etc.)",
+    )
+    p.add_argument("--eval-at-step", type=int, help="also evaluate each model when it reaches this step")
+    p.add_argument(
         "--speed-steps", type=int, default=6, help="interleaved steps per model for the speed ratio"
     )
     p.add_argument("--val-batches", type=int, default=50, help="validation batches (same windows for both)")
