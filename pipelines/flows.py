@@ -36,9 +36,7 @@ the store holds more.
 
 from __future__ import annotations
 
-import contextvars
 import os
-import threading
 import time
 from pathlib import Path
 
@@ -55,6 +53,7 @@ from pipelines import artifacts, tasks
 from scraping.http import FetchConfig, FetchError
 from scraping.scrape import ScrapeConfig, make_client
 from scraping.store import RawStore
+from training.config import ConfigError, TrainConfig  # no torch: the train parameters' defaults
 
 DOWNLOAD_THREADS = 4  # downloads in flight; the shared limiter still spaces request starts by 1/rate
 TASK_RUNNERS = ("threads", "processes", "dask")
@@ -266,7 +265,6 @@ def train_config(corpus: str, run: str, preset: str, max_steps: int, overrides: 
     from dataclasses import fields
 
     from training.model import ModelConfig
-    from training.train import TrainConfig
 
     overrides = dict(overrides or {})
     model = dict(overrides.pop("model", None) or {})
@@ -280,7 +278,7 @@ def train_config(corpus: str, run: str, preset: str, max_steps: int, overrides: 
         elif name in model_names:
             model[name] = value
         else:
-            raise ValueError(f"unknown override {name!r}: not a TrainConfig or ModelConfig field")
+            raise ConfigError(f"unknown override {name!r}: not a TrainConfig or ModelConfig field")
     return TrainConfig(
         corpus=str(corpus),
         run_dir=str(run),
@@ -291,39 +289,12 @@ def train_config(corpus: str, run: str, preset: str, max_steps: int, overrides: 
     )
 
 
-class _TrainingProgress:
-    """Follows RUN/metrics.jsonl from a thread and moves a progress artifact (train() has no hook)."""
-
-    def __init__(self, run: str, max_steps: int, interval: float = 2.0):
-        self.run, self.interval = run, interval
-        self.progress = artifacts.Progress("train-progress", max_steps, "training steps")
-        self._stop = threading.Event()
-        ctx = contextvars.copy_context()  # the Prefect client settings of this flow run
-        self._thread = threading.Thread(target=ctx.run, args=(self._loop,), daemon=True)
-
-    def _loop(self) -> None:
-        from training.metrics import read_metrics
-
-        while not self._stop.wait(self.interval):
-            records = read_metrics(self.run)
-            if records and records[-1].get("step", 0) != self.progress.done:
-                self.progress.set(int(records[-1]["step"]))
-
-    def __enter__(self) -> _TrainingProgress:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 @flow(name="train-model", log_prints=True)
 def train_model_flow(
     corpus: str,
     run: str,
-    preset: str = "tiny",
-    max_steps: int = 1000,
+    preset: str = TrainConfig.preset,
+    max_steps: int = TrainConfig.max_steps,
     overrides: dict | None = None,
     nproc: int = 1,
 ) -> dict:
@@ -337,9 +308,16 @@ def train_model_flow(
 
     config = train_config(corpus, run, preset, max_steps, overrides)
     cb.load_manifest(corpus)  # a clear error for a corpus that is missing or unfinished
-    with _TrainingProgress(run, max_steps) as progress:
-        summary = tasks.train_model_torchrun(config, nproc) if nproc > 1 else tasks.train_model(config)
-        progress.progress.set(summary["step"])
+    progress = artifacts.Progress("train-progress", max_steps, "training steps")
+
+    def on_log(record: dict) -> None:  # each metrics record, from train() or torchrun's rank 0
+        progress.advance(record["step"] - progress.done)
+
+    if nproc > 1:
+        summary = tasks.train_model_torchrun(config, nproc, on_log)
+    else:
+        summary = tasks.train_model(config, on_log)
+    progress.set(summary["step"])
     artifacts.training_artifacts(summary, read_metrics(run), run)
     if summary["interrupted"]:
         raise RuntimeError(
@@ -364,12 +342,13 @@ def corpus_and_train_flow(
     rate: float = 1.0,
     task_runner: str = "threads",
     dask_address: str | None = None,
-    preset: str = "tiny",
-    max_steps: int = 1000,
+    preset: str = TrainConfig.preset,
+    max_steps: int = TrainConfig.max_steps,
     overrides: dict | None = None,
     nproc: int = 1,
 ) -> dict:
     """The project's main job: build-corpus into OUT, then train-model into RUN on it."""
+    train_config(out, run, preset, max_steps, overrides)  # a bad preset or override fails before any download
     corpus = build_corpus_flow(
         source=source,
         out=out,

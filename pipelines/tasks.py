@@ -203,13 +203,14 @@ def write_manifest(
 
 # -- training ----------------------------------------------------------------------------------------
 @task(name="train", cache_policy=NO_CACHE)
-def train_model(config) -> dict:
-    """training.train.train: resumes from the run's newest valid checkpoint, up to max_steps in total."""
+def train_model(config, on_log=None) -> dict:
+    """training.train.train: resumes from the run's newest valid checkpoint, up to max_steps in total.
+    on_log(record) is called with each metrics record (the flow's progress)."""
     from training.train import train
 
     logger = get_run_logger()
     logger.info("training %s on %s up to step %d", config.preset, config.corpus, config.max_steps)
-    summary = train(config)
+    summary = train(config, on_log=on_log)
     logger.info(
         "stopped at step %s: loss %s, validation loss %s",
         summary["step"],
@@ -220,25 +221,23 @@ def train_model(config) -> dict:
 
 
 @task(name="train-torchrun", cache_policy=NO_CACHE)
-def train_model_torchrun(config, nproc: int) -> dict:
+def train_model_torchrun(config, nproc: int, on_log=None) -> dict:
     """The same training as `train_model`, as `nproc` DDP processes launched by torchrun on this machine.
 
-    Each rank reads its share of the data; rank 0 logs, checkpoints and prints the summary line.
+    Each rank reads its share of the data; rank 0 logs, checkpoints, and prints its progress records
+    and the summary line, which training.train.run_torchrun turns back into on_log calls and a dict.
     """
-    import json
-    import subprocess
+    import tempfile
 
-    from training.train import config_to_args, torchrun_command
+    from training.train import config_to_args, run_torchrun
 
     logger = get_run_logger()
-    cmd = torchrun_command(nproc, config_to_args(config))
-    logger.info("launching %s", " ".join(cmd[:6]))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"torchrun exited {proc.returncode} without a summary:\n{proc.stderr[-3000:]}")
-    summary = json.loads(lines[-1])
-    logger.info(
-        "torchrun exited %d at step %s, loss %s", proc.returncode, summary["step"], summary["final_loss"]
-    )
+    logger.info("launching torchrun with %d processes", nproc)
+    with tempfile.TemporaryFile("w+") as stderr:
+        returncode, summary = run_torchrun(nproc, config_to_args(config), on_log, stderr=stderr)
+        stderr.seek(0)
+        errors = stderr.read()[-3000:]
+    if summary is None:
+        raise RuntimeError(f"torchrun exited {returncode} without a summary:\n{errors}")
+    logger.info("torchrun exited %d at step %s, loss %s", returncode, summary["step"], summary["final_loss"])
     return summary

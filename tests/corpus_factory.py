@@ -164,3 +164,36 @@ def reference_windows(stream: list[int], block_size: int) -> list[list[int]]:
     """Windows of block_size + 1 at stride block_size; a last partial window is dropped."""
     n = max(len(stream) - 1, 0) // block_size
     return [stream[i * block_size : i * block_size + block_size + 1] for i in range(n)]
+
+
+SAMPLE_SENTENCES = [
+    "Era uma vez uma menina que morava perto do rio.",
+    "O rio corria devagar entre as pedras da serra.",
+    "Disse-lhe a mãe que voltasse cedo para casa.",
+]
+
+
+def write_sentencepiece_corpus(root: str | Path, n_train: int = 12, n_validation: int = 3) -> Path:
+    """A corpus with a real (tiny) SentencePiece tokenizer, for commands that decode text (generate)."""
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(SAMPLE_SENTENCES * 20),
+        model_writer=model,
+        vocab_size=64,
+        hard_vocab_limit=False,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=3,
+        minloglevel=2,
+    )
+    vocab = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+    splits = {
+        "train": random_books(0, n_train, vocab_size=vocab),
+        "validation": random_books(1, n_validation, first_id=900, vocab_size=vocab),
+    }
+    return write_corpus(root, splits, vocab_size=vocab, tokenizer_bytes=model.getvalue())

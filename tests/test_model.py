@@ -181,12 +181,26 @@ def test_sampling_respects_top_k_and_top_p() -> None:
     assert set(sample_next_token(logits, 1.0, generator=gen).tolist()) == {0, 1, 2, 3}
 
 
-def test_generate_rejects_too_long_requests() -> None:
-    model = make("tiny")
+def test_generate_past_the_context_slides_the_window() -> None:
+    """Asking for more tokens than the context gives exactly that many: the cache is recomputed over the
+    last max_seq_len // 2 tokens when it is full. Greedy, so each new token is the argmax of a full
+    forward over the window it saw (checked against that reference)."""
+    model = make("tiny", max_seq_len=16).eval()
+    prompt = torch.randint(0, 512, (2, 10))
+    out = model.generate(prompt, max_new_tokens=30, temperature=0)
+    assert out.shape == (2, 40) and torch.equal(out[:, :10], prompt)
+    start = 0  # where the window the cache holds begins
+    for t in range(10, 40):
+        if t - start > 16:  # the cache was full before token t - 1 went in: recomputed over the last 8
+            start = t - 8
+        window = out[:, start:t]
+        assert torch.equal(out[:, t], model(window).logits[:, -1].argmax(-1)), t
     with pytest.raises(ValueError, match="max_seq_len"):
-        model.generate(torch.zeros(1, 100, dtype=torch.long), max_new_tokens=29)
+        model.generate(
+            torch.zeros(1, 17, dtype=torch.long), max_new_tokens=1
+        )  # prompts are cropped by callers
     with pytest.raises(ValueError, match="max_seq_len"):
-        model(torch.zeros(1, 129, dtype=torch.long))
+        model(torch.zeros(1, 17, dtype=torch.long))
 
 
 def test_parameter_counts_and_flops() -> None:

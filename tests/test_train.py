@@ -20,7 +20,7 @@ from training import checkpoint as ckpt
 from training.evaluate import evaluate
 from training.metrics import read_metrics
 from training.model import GPT, ModelConfig
-from training.train import TrainConfig, config_from_args, lr_at, train
+from training.train import TrainConfig, config_from_args, lr_at, run_torchrun, train
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_kv_head": 1, "mlp_hidden": 64, "max_seq_len": 32}
@@ -161,6 +161,7 @@ def test_optimizer_state_survives_safetensors_round_trip(tmp_path):
 
 def test_run_folder_layout_logs_and_keep_last(corpus, tmp_path):
     run = tmp_path / "run"
+    seen = []  # what a progress callback gets: every record, as it is written
     summary = train(
         tiny_config(
             corpus,
@@ -172,7 +173,8 @@ def test_run_folder_layout_logs_and_keep_last(corpus, tmp_path):
             eval_batches=None,
             tensorboard=True,
             plot=True,
-        )
+        ),
+        on_log=seen.append,
     )
     assert summary["step"] == 8 and summary["start_step"] == 0 and summary["interrupted"] is None
     assert [s for s, _ in ckpt.list_step_dirs(run)] == [6, 8]  # keep_last=2
@@ -186,6 +188,7 @@ def test_run_folder_layout_logs_and_keep_last(corpus, tmp_path):
     assert run_config["model"]["n_layer"] == 2 and run_config["tokenizer_sha256"]
     records = read_metrics(run)
     assert [r["step"] for r in records] == list(range(1, 9))
+    assert seen == records
     assert {"loss", "lr", "grad_norm", "tokens_per_s"} <= set(records[0])
     evals = [r for r in records if "val_loss" in r]
     assert [r["step"] for r in evals] == [4, 8]
@@ -325,7 +328,7 @@ def test_sigterm_finishes_the_step_and_checkpoints(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process_with_virtual_ranks(corpus, tmp_path):
+def test_two_gloo_processes_equal_one_process_with_virtual_ranks(corpus, tmp_path, monkeypatch):
     """torchrun with 2 CPU processes (gloo, 1 micro-batch each) == 1 process with grad_accum 2.
 
     Rank r of 2 reads the loader shard rank=r, world_size=2 (disjoint row groups). The single process is
@@ -334,19 +337,16 @@ def test_two_gloo_processes_equal_one_process_with_virtual_ranks(corpus, tmp_pat
     all-reduced average up to float summation order, hence allclose rather than equal.
     """
     ddp_run, single_run = tmp_path / "ddp", tmp_path / "single"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "training.train",
-        *cli_args(corpus, ddp_run, 4, checkpoint_every=100),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
+    seen = []  # rank 0's records, passed back from the torchrun processes as progress lines
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with open(tmp_path / "stderr.txt", "w+") as stderr:
+        code, summary = run_torchrun(
+            2, cli_args(corpus, ddp_run, 4, checkpoint_every=100), seen.append, stderr
+        )
+        stderr.seek(0)
+        assert code == 0, stderr.read()[-3000:]
+    assert summary["step"] == 4 and seen == read_metrics(ddp_run)
     train(tiny_config(corpus, single_run, max_steps=4, checkpoint_every=100, data_shards=2, grad_accum=2))
     a, b = losses(ddp_run), losses(single_run)
     assert list(a) == list(b) == [1, 2, 3, 4]

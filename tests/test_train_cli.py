@@ -2,46 +2,20 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import pytest
-import sentencepiece as spm
 from click.testing import CliRunner
-from corpus_factory import random_books, write_corpus
+from corpus_factory import write_sentencepiece_corpus
 
 from ptgpt.cli.train import eval_command, generate, train
 from training.metrics import read_metrics
 
-TEXT = [
-    "Era uma vez uma menina que morava perto do rio.",
-    "O rio corria devagar entre as pedras da serra.",
-    "Disse-lhe a mãe que voltasse cedo para casa.",
-]
-
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TEXT * 20),
-        model_writer=model,
-        vocab_size=64,
-        hard_vocab_limit=False,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=3,
-        minloglevel=2,
-    )
-    vocab = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
-    splits = {
-        "train": random_books(0, 12, vocab_size=vocab),
-        "validation": random_books(1, 3, first_id=900, vocab_size=vocab),
-    }
-    root = tmp_path_factory.mktemp("corpus")
-    return write_corpus(root, splits, vocab_size=vocab, tokenizer_bytes=model.getvalue())
+    return write_sentencepiece_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 TINY_FLAGS = (

@@ -18,14 +18,21 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from common.errors import UserError
+from common.files import atomic_write, sha256_file, write_text_atomic
 from training.model import GPT, ModelConfig
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FORMAT = "ptgpt-model"
 FORMAT_VERSION = 1
+
+
+class CheckpointNotFound(UserError, FileNotFoundError):
+    """No usable checkpoint where one was expected (a run that never saved, a wrong folder)."""
 
 
 def unwrap_model(model: torch.nn.Module) -> GPT:
@@ -40,16 +47,17 @@ def unwrap_model(model: torch.nn.Module) -> GPT:
     return model
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename, so `path` is never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """safetensors' save_file, its I/O failures raised as OSError (errno, path) like Python's own writes,
+    so that a full or read-only disk is reported as such (the CLI names the path and the free space)."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        save_file(tensors, str(path), metadata={"format": "pt"})
+    except SafetensorError as e:
+        found = re.search(r"os error (\d+)", str(e))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from e
 
 
 def save_model(model: torch.nn.Module, directory: str | Path, extra: dict | None = None) -> Path:
@@ -66,10 +74,8 @@ def save_model(model: torch.nn.Module, directory: str | Path, extra: dict | None
         "model": gpt.config.to_dict(),
         **(extra or {}),
     }
-    _atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    _atomic_write(
-        directory / CONFIG_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
-    )
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_tensors(state, tmp))
+    write_text_atomic(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
     return directory
 
 
@@ -77,7 +83,9 @@ def read_checkpoint_config(directory: str | Path) -> dict:
     """config.json of a checkpoint folder, checked to be one of ours."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: not a model checkpoint")
+        raise CheckpointNotFound(
+            f"no {CONFIG_FILE} in {directory}: not a model checkpoint; give a RUN/checkpoints/step_N folder"
+        )
     meta = json.loads(path.read_text())
     if meta.get("format") != FORMAT or "model" not in meta:
         raise ValueError(f"{path} is not a ptgpt model config (format={meta.get('format')!r})")
@@ -94,14 +102,18 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu") -> GPT
     config = ModelConfig.from_dict(read_checkpoint_config(directory)["model"])
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_FILE} in {directory}")
-    state = load_file(weights, device=str(device))
+        raise CheckpointNotFound(f"no {WEIGHTS_FILE} in {directory}: the checkpoint is incomplete")
     with torch.device(device):
         model = GPT(config)
-    if config.tie_embeddings:
-        state["lm_head.weight"] = state["tok_emb.weight"]
-    model.load_state_dict(state, strict=True)
+    load_weights(model, load_file(weights, device=str(device)))
     return model
+
+
+def load_weights(model: GPT, state: dict[str, torch.Tensor]) -> None:
+    """Load saved weights into `model` (strict); a tied lm_head, stored once, is tied again here."""
+    if model.config.tie_embeddings:
+        state = {**state, "lm_head.weight": state["tok_emb.weight"]}
+    model.load_state_dict(state, strict=True)
 
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -117,8 +129,9 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
             if m and d.is_dir() and (d / WEIGHTS_FILE).is_file() and (d / CONFIG_FILE).is_file():
                 steps.append((int(m.group(1)), d))
     if not steps:
-        raise FileNotFoundError(
-            f"no complete checkpoint (step_N/ with {WEIGHTS_FILE} and {CONFIG_FILE}) under {root}"
+        raise CheckpointNotFound(
+            f"no complete checkpoint (step_N/ with {WEIGHTS_FILE} and {CONFIG_FILE}) under {root}: "
+            "train the run first (ptgpt train), or pass --checkpoint"
         )
     return max(steps)[1]
 
@@ -141,16 +154,6 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINER_TENSORS_FILE = "trainer.safetensors"
 TRAINER_JSON_FILE = "trainer.json"
 CHECKSUMS_FILE = "checksums.json"
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def optimizer_state_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -207,16 +210,14 @@ def save_training_checkpoint(
     try:
         save_model(model, tmp, extra={**(extra or {}), "step": step})
         opt_tensors, opt_meta = optimizer_state_to_tensors(optimizer)
-        save_file(opt_tensors, tmp / OPTIMIZER_FILE, metadata={"format": "pt"})
-        save_file(
-            {k: v.detach().contiguous().cpu() for k, v in trainer_tensors.items()},
-            tmp / TRAINER_TENSORS_FILE,
-            metadata={"format": "pt"},
+        save_tensors(opt_tensors, tmp / OPTIMIZER_FILE)
+        save_tensors(
+            {k: v.detach().contiguous().cpu() for k, v in trainer_tensors.items()}, tmp / TRAINER_TENSORS_FILE
         )
         payload = {"step": step, "optimizer": opt_meta, **trainer_state}
         (tmp / TRAINER_JSON_FILE).write_text(json.dumps(payload, indent=1) + "\n")
         files = [WEIGHTS_FILE, CONFIG_FILE, OPTIMIZER_FILE, TRAINER_TENSORS_FILE, TRAINER_JSON_FILE]
-        sums = {"step": step, "files": {name: _sha256(tmp / name) for name in files}}
+        sums = {"step": step, "files": {name: sha256_file(tmp / name) for name in files}}
         for name in files:  # data on disk before the folder appears under its final name
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
@@ -270,7 +271,7 @@ def verify_training_checkpoint(directory: str | Path) -> str | None:
         path = directory / name
         if not path.is_file():
             return f"{name} is missing"
-        if _sha256(path) != digest:
+        if sha256_file(path) != digest:
             return f"{name} does not match its sha256 in {CHECKSUMS_FILE} (truncated or modified)"
     try:
         read_checkpoint_config(directory)
@@ -298,7 +299,7 @@ def latest_valid_training_checkpoint(run_dir: str | Path) -> Path | None:
     return None
 
 
-def best_checkpoint(run_dir: str | Path) -> Path:
+def newest_valid_checkpoint(run_dir: str | Path) -> Path:
     """The checkpoint to read weights from: the newest that verifies, else the newest complete one.
 
     For generate, eval and export: a run whose latest folder is damaged still yields the previous one.
@@ -307,13 +308,13 @@ def best_checkpoint(run_dir: str | Path) -> Path:
 
 
 def load_training_checkpoint(
-    directory: str | Path, device: str | torch.device = "cpu"
-) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Read a training checkpoint without building anything: (model weights, trainer JSON, optimizer
-    tensors, trainer tensors). Weights come back as saved (tied lm_head omitted). Never unpickles."""
+    directory: str | Path, model: GPT, device: str | torch.device = "cpu"
+) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Load a training checkpoint's weights into `model` and return the rest, for the trainer to restore:
+    (trainer JSON, optimizer tensors, trainer tensors). Never unpickles."""
     directory = Path(directory)
-    weights = load_file(directory / WEIGHTS_FILE, device=str(device))
+    load_weights(model, load_file(directory / WEIGHTS_FILE, device=str(device)))
     trainer = json.loads((directory / TRAINER_JSON_FILE).read_text())
     optimizer = load_file(directory / OPTIMIZER_FILE, device=str(device))
     tensors = load_file(directory / TRAINER_TENSORS_FILE, device="cpu")
-    return weights, trainer, optimizer, tensors
+    return trainer, optimizer, tensors

@@ -55,6 +55,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from common.errors import UserError
+
 SCHEMA_VERSION = 1
 STATE_VERSION = 1
 IGNORE_INDEX = -1  # target id of padding in evaluation windows (F.cross_entropy(..., ignore_index=-1))
@@ -73,7 +75,7 @@ REQUIRED_COLUMNS = {  # name -> (check of the arrow type, what to say when it fa
 # The corpus manifest
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """The corpus on disk is missing, incomplete, or not what the model was configured with."""
 
 
@@ -182,6 +184,35 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def verify_shards(info: CorpusInfo, splits: list[str], checksums: bool = True) -> None:
+    """Check the shards of `splits` against the manifest before training reads them: each is present,
+    its Parquet footer has the row groups and rows the manifest lists, and (checksums) its sha256 matches.
+
+    A shard replaced or damaged after the corpus was written would otherwise train on other data silently.
+    """
+    for split in splits:
+        for shard, path in zip(info.split(split)["shards"], info.shard_paths(split), strict=True):
+            if not path.is_file():
+                raise CorpusError(f"shard {path} listed in the manifest is missing: rebuild the corpus")
+            try:
+                meta = pq.ParquetFile(path).metadata
+            except Exception as e:  # noqa: BLE001 - whatever pyarrow raises, the footer is unreadable
+                raise CorpusError(f"{path} is not a readable Parquet file ({e}): rebuild the corpus") from e
+            found = {"row_groups": meta.num_row_groups, "rows": meta.num_rows}
+            for key, value in found.items():
+                if key in shard and shard[key] != value:
+                    raise CorpusError(
+                        f"{path} has {value} {key.replace('_', ' ')} but the manifest says {shard[key]}: "
+                        "the shard was modified after the corpus was written; rebuild the corpus"
+                    )
+            if checksums and "sha256" in shard and sha256_file(path) != shard["sha256"]:
+                raise CorpusError(
+                    f"{path} does not match its sha256 in {info.root / 'manifest.json'}: the shard was "
+                    "modified after the corpus was written; rebuild the corpus (or pass --verify-shards "
+                    "false to train on it anyway)"
+                )
 
 
 def check_tokenizer(corpus_dir: str | Path, expected_sha256: str) -> None:

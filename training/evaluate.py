@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -105,11 +106,14 @@ def generate_samples(
     seed: int = 1234,
     bos_id: int | None = None,
     device: str | torch.device = "cpu",
+    notify: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Continue each prompt (BOS + its tokens); returns prompt + continuation as text.
 
     A private, seeded generator: the same checkpoint gives the same samples, and the global RNG that
-    training relies on is untouched.
+    training relies on is untouched. max_new_tokens may exceed the context (GPT.generate slides its
+    window). A prompt longer than the context keeps its last max_seq_len - 1 tokens, and a continuation
+    that ends at the end-of-text token is shorter than asked: `notify` gets a sentence for each.
     """
     device = torch.device(device)
     bos = tokenizer.bos_id() if bos_id is None else bos_id
@@ -117,15 +121,24 @@ def generate_samples(
     generator = torch.Generator(device=device).manual_seed(seed)
     max_len = model.config.max_seq_len
     texts = []
-    for prompt in prompts:
+    for n, prompt in enumerate(prompts, 1):
         ids = ([bos] if bos >= 0 else []) + tokenizer.encode(prompt)
+        if len(ids) > max_len - 1 and notify is not None:
+            notify(
+                f"prompt {n} has {len(ids):,} tokens and the model's context is {max_len}: "
+                f"kept its last {max_len - 1} tokens"
+            )
         ids = ids[-(max_len - 1) :]
-        n_new = min(max_new_tokens, max_len - len(ids))
         x = torch.tensor([ids], dtype=torch.long, device=device)
         # fp32 (no autocast): a few hundred tokens cost nothing, and the KV cache keeps the weights' dtype
         out = model.generate(
-            x, n_new, temperature=temperature, top_k=top_k, top_p=top_p, eos=eos, generator=generator
+            x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, eos=eos, generator=generator
         )
+        new = out[0, len(ids) :].tolist()
+        if eos in new and notify is not None:
+            notify(
+                f"prompt {n}: the model ended the text after {new.index(eos)} of {max_new_tokens} new tokens"
+            )
         # decode prompt and continuation together, so the space between them survives
         # (ids past the tokenizer's vocabulary exist when the model's vocab_size was padded up)
         n_pieces = tokenizer.get_piece_size()

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import warnings
 from pathlib import Path
+
+from common.files import atomic_write, write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "loss.png"
@@ -43,9 +44,7 @@ def rewind_metrics(run_dir: str | Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _warn_once(what: str, error: Exception) -> None:
@@ -186,8 +185,6 @@ def plot_run(run_dir: str | Path) -> Path | None:
         ax.legend(fontsize="small", ncol=2)
     fig.tight_layout()
     path = Path(run_dir) / PLOT_FILE
-    tmp = path.with_name(".loss.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -601,23 +601,30 @@ class GPT(nn.Module):
         temperature == 0 is greedy. top_k / top_p restrict sampling to the k most likely tokens / the
         smallest set whose probability reaches p. With eos, a sequence that produced eos keeps
         producing eos, and generation stops early once every sequence has.
+
+        Past the context (max_seq_len) generation goes on with a sliding window: when the cache is
+        full it is recomputed over the last max_seq_len // 2 tokens, so each new token sees between
+        half and all of a context, and the recomputation happens once every max_seq_len // 2 tokens.
+        The prompt itself must fit the context (callers crop it and say so).
         """
         if ids.dim() != 2 or ids.shape[1] == 0:
             raise ValueError(f"ids must be (batch, time) with time >= 1, got shape {tuple(ids.shape)}")
         if temperature < 0:
             raise ValueError("temperature must be >= 0")
-        total = ids.shape[1] + max_new_tokens
-        if total > self.config.max_seq_len:
-            raise ValueError(
-                f"prompt ({ids.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
-                f"max_seq_len={self.config.max_seq_len}"
-            )
+        if max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        context = self.config.max_seq_len
+        if ids.shape[1] > context:
+            raise ValueError(f"the prompt ({ids.shape[1]} tokens) exceeds max_seq_len={context}: crop it")
+        keep = max(1, context // 2)  # tokens the cache is recomputed over when it is full
         was_training = self.training
         self.eval()
         try:
-            cache = KVCache(self.config, ids.shape[0], total, ids.device, self.tok_emb.weight.dtype)
-            logits = self(ids, kv_cache=cache).logits[:, -1]
+            cache = KVCache(self.config, ids.shape[0], context, ids.device, self.tok_emb.weight.dtype)
             out = [ids]
+            if max_new_tokens == 0:
+                return ids
+            logits = self(ids, kv_cache=cache).logits[:, -1]
             done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
             for step in range(max_new_tokens):
                 nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
@@ -627,7 +634,11 @@ class GPT(nn.Module):
                 out.append(nxt[:, None])
                 if step == max_new_tokens - 1 or (eos is not None and bool(done.all())):
                     break
-                logits = self(nxt[:, None], kv_cache=cache).logits[:, -1]
+                if cache.pos == context:  # full: slide the window
+                    cache.pos = 0
+                    logits = self(torch.cat(out, dim=1)[:, -keep:], kv_cache=cache).logits[:, -1]
+                else:
+                    logits = self(nxt[:, None], kv_cache=cache).logits[:, -1]
         finally:
             self.train(was_training)
         return torch.cat(out, dim=1)

@@ -5,7 +5,10 @@
 
 (under torchrun spell the run folder --run-dir: torchrun takes --run for an abbreviation of its --run-path)
 
-Read top to bottom: TrainConfig -> learning-rate schedule -> distributed setup -> train() -> main().
+Read top to bottom: learning-rate schedule -> processes and devices -> setting up a run (resume
+decision, model, build_optimizer, loaders) -> one step (train_step) -> periodic work (log_step,
+periodic_evaluation, save_checkpoint) -> the loop (train) -> command line (main, run_torchrun).
+TrainConfig, every knob and its default, is in training/config.py.
 
 One optimizer step = `grad_accum` micro-batches of `batch_size` windows of `block_size` tokens on each
 of `world_size` processes. Data are cut into `data_shards` disjoint loader shards (default: one per
@@ -21,6 +24,10 @@ The RUN folder:
     RUN/tb/                           TensorBoard events
     RUN/loss.png                      train/validation curves, refreshed at each evaluation
     RUN/samples.txt                   text generated from fixed prompts at each evaluation
+
+Before the first step the shards are checked against the corpus manifest (row groups and rows from the
+Parquet footers, and sha256 unless verify_shards is off). A NaN or infinite loss or gradient norm stops
+training with an error before anything is saved, so the newest checkpoint stays the last good one.
 
 Rerunning the same command continues from the newest checkpoint that verifies (a damaged newest one is
 skipped with a warning); `max_steps` is the total target, not a number of further steps. SIGTERM or
@@ -40,11 +47,13 @@ import json
 import math
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 import typing
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -52,77 +61,19 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from common.errors import UserError
+from common.files import write_json_atomic
 from training import checkpoint as ckpt
-from training.data import CorpusError, CorpusInfo, DevicePrefetcher, LoaderConfig, TokenWindowLoader
+from training import optim
+from training.config import ConfigError, TrainConfig
+from training.data import CorpusInfo, DevicePrefetcher, LoaderConfig, TokenWindowLoader, verify_shards
 from training.evaluate import autocast_context, evaluate, generate_samples, load_tokenizer
 from training.flops import mfu, peak_flops
 from training.metrics import MetricsLogger, ProgressBar, plot_run
 from training.model import GPT, ModelConfig
-from training.optim import build_optimizer
 
 RUN_CONFIG_FILE = "config.json"
 SAMPLES_FILE = "samples.txt"
-
-
-@dataclass
-class TrainConfig:
-    """Everything about a training run except the network's shape (ModelConfig: preset + overrides)."""
-
-    corpus: str  # corpus folder (docs/formats.md section 2)
-    run_dir: str  # RUN folder: config, checkpoints, logs
-    preset: str = "tiny"  # ModelConfig preset; vocab_size comes from the corpus tokenizer
-    model_overrides: dict = field(default_factory=dict)  # ModelConfig fields replacing the preset's
-    # -- optimisation
-    max_steps: int = 1000  # total optimizer steps (a resumed run stops here too)
-    batch_size: int = 16  # windows per micro-batch per process
-    block_size: int | None = None  # tokens per window; None: the model's max_seq_len
-    grad_accum: int | None = None  # micro-batches per step per process; None: from tokens_per_step, else 1
-    tokens_per_step: int | None = None  # target tokens per optimizer step, over all processes
-    lr: float = 1e-3  # peak learning rate
-    min_lr_ratio: float = 0.1  # final learning rate = lr * min_lr_ratio
-    warmup_steps: int = 100  # linear warmup from lr / warmup_steps to lr
-    schedule: str = "cosine"  # after warmup: "cosine" decay, or "linear": constant then linear warmdown
-    warmdown_frac: float = 0.2  # "linear": fraction of decay_steps spent decaying
-    decay_steps: int | None = None  # steps the schedule spans; None: max_steps
-    weight_decay: float = 0.1  # on matrices only (GPT.configure_param_groups)
-    beta1: float = 0.9
-    beta2: float = 0.95
-    optimizer: str = "adamw"  # "adamw", or "muon" (hidden matrices; AdamW on the rest): training/optim.py
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    seed: int = 1337  # model init and data order
-    # -- data
-    shuffle_buffer: int = 512  # windows mixed before batching (training/data.py)
-    data_shards: int | None = None  # loader shards over all processes; None: world size ("virtual ranks")
-    prefetch: int = 4  # batches read ahead per loader shard
-    # -- evaluation
-    eval_every: int = 250  # steps between evaluations (and at the last step); 0: never
-    eval_batches: int | None = 50  # validation batches per process per evaluation; None: the whole split
-    eval_batch_size: int | None = None  # None: batch_size
-    samples: bool = True  # generate from fixed Portuguese prompts at each evaluation
-    sample_tokens: int = 48
-    # -- checkpoints
-    checkpoint_every: int = 500  # steps between checkpoints (also at the end and on SIGTERM/SIGINT)
-    keep_last: int = 3  # checkpoints kept; older ones are deleted
-    resume: bool = True  # continue from RUN's newest valid checkpoint if there is one
-    # -- logging
-    log_every: int = 10  # steps between metrics.jsonl records (evaluation steps always log)
-    tensorboard: bool = True
-    progress: bool = True
-    plot: bool = True
-    # -- system
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
-    compile: bool = False  # torch.compile the model
-    threads: int | None = None  # torch CPU threads (fixed for reproducibility); None: torch's default
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
-
-    def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "linear"):
-            raise ValueError(f"schedule must be 'cosine' or 'linear', got {self.schedule!r}")
-        for name in ("max_steps", "batch_size", "log_every", "checkpoint_every", "keep_last"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0 or self.warmup_steps < 0:
-            raise ValueError("eval_every and warmup_steps must be >= 0")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -180,7 +131,7 @@ def pick_device(name: str, d: Dist) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' asked for, but torch sees no GPU")
+            raise ConfigError("--device cuda asked for, but torch sees no GPU: use --device cpu (or auto)")
         return torch.device("cuda", d.local_rank)
     return torch.device(name)
 
@@ -209,20 +160,29 @@ class StopSignal:
 
 
 # -----------------------------------------------------------------------------------------------
-# Run folder and checkpoints
+# Setting up a run: resume decision, model, optimizer, data
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+class TrainingDiverged(UserError):
+    """The loss or the gradient norm became NaN or infinite; no checkpoint is written after it."""
+
+
+def build_model_config(c: TrainConfig, info: CorpusInfo) -> ModelConfig:
+    overrides = dict(c.model_overrides)
+    overrides.setdefault("vocab_size", info.vocab_size)
+    config = ModelConfig.preset(c.preset, **overrides)
+    if config.vocab_size < info.vocab_size:
+        raise ConfigError(
+            f"vocab_size={config.vocab_size} is smaller than the corpus tokenizer's {info.vocab_size}"
+        )
+    return config
 
 
 def loader_shards(c: TrainConfig, d: Dist) -> tuple[int, list[int]]:
     """(number of data shards, the shards this process reads)."""
     n = c.data_shards or d.world_size
     if n % d.world_size:
-        raise ValueError(f"data_shards={n} must be a multiple of the world size {d.world_size}")
+        raise ConfigError(f"data_shards={n} must be a multiple of the world size {d.world_size}")
     return n, list(range(d.rank, n, d.world_size))
 
 
@@ -232,7 +192,7 @@ def resolve_grad_accum(c: TrainConfig, d: Dist, block_size: int, shards_here: in
     elif c.tokens_per_step is not None:
         per_micro = c.batch_size * block_size * d.world_size
         if c.tokens_per_step % per_micro:
-            raise ValueError(
+            raise ConfigError(
                 f"tokens_per_step={c.tokens_per_step} is not a multiple of batch_size * block_size * "
                 f"world_size = {per_micro}"
             )
@@ -240,10 +200,407 @@ def resolve_grad_accum(c: TrainConfig, d: Dist, block_size: int, shards_here: in
     else:
         accum = shards_here
     if accum < 1 or accum % shards_here:
-        raise ValueError(
+        raise ConfigError(
             f"grad_accum={accum} must be a positive multiple of the {shards_here} data shards here"
         )
     return accum
+
+
+def find_resume_checkpoint(c: TrainConfig, model_config: ModelConfig) -> Path | None:
+    """The checkpoint this run continues from (None: a fresh start), refused if it is another model."""
+    run_dir = Path(c.run_dir)
+    if not c.resume:
+        if ckpt.list_step_dirs(run_dir):
+            raise ConfigError(f"{run_dir} already holds checkpoints and resume is off: use a new run folder")
+        return None
+    resume_dir = ckpt.latest_valid_training_checkpoint(run_dir)
+    if resume_dir is not None:
+        saved = ModelConfig.from_dict(ckpt.read_checkpoint_config(resume_dir)["model"])
+        if saved != model_config:
+            raise ConfigError(
+                f"{resume_dir} holds a model with another config than the one asked for: "
+                "use the same preset and overrides to continue, or a new --run"
+            )
+    return resume_dir
+
+
+def build_optimizer(model: GPT, c: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """The one place the optimizer is made (training/optim.py): AdamW, or Muon + AdamW; fused on CUDA."""
+    fused = True if device.type == "cuda" else None
+    return optim.build_optimizer(model, c.optimizer, c.lr, c.weight_decay, (c.beta1, c.beta2), fused=fused)
+
+
+def build_loaders(
+    c: TrainConfig,
+    d: Dist,
+    device: torch.device,
+    block_size: int,
+    tokenizer_sha256: str,
+    resume: tuple[dict, dict[str, torch.Tensor]] | None,
+) -> dict[int, DevicePrefetcher]:
+    """One loader per data shard this process reads, each behind a prefetch thread, at its saved position."""
+    n_shards, my_shards = loader_shards(c, d)
+    prefetchers = {}
+    for shard in my_shards:
+        loader = TokenWindowLoader(
+            c.corpus,
+            LoaderConfig(
+                block_size=block_size,
+                batch_size=c.batch_size,
+                seed=c.seed,
+                shuffle_buffer=c.shuffle_buffer,
+                rank=shard,
+                world_size=n_shards,
+            ),
+            tokenizer_sha256=tokenizer_sha256,
+        )
+        if resume is not None:
+            loader.load_state_dict(loader_state_from_checkpoint(*resume, shard))
+        prefetchers[shard] = DevicePrefetcher(loader, device, depth=c.prefetch)
+    return prefetchers
+
+
+def check_corpus_and_model(c: TrainConfig, verify: bool = True) -> tuple[CorpusInfo, ModelConfig, int]:
+    """The corpus (its shards verified against the manifest), the model config, the block size."""
+    info = CorpusInfo.from_dir(c.corpus)
+    if verify:
+        splits = ["train", "validation"] if c.eval_every > 0 else ["train"]
+        verify_shards(info, splits, checksums=c.verify_shards)
+    model_config = build_model_config(c, info)
+    block_size = c.block_size or model_config.max_seq_len
+    if block_size > model_config.max_seq_len:
+        raise ConfigError(
+            f"block_size={block_size} exceeds the model's max_seq_len={model_config.max_seq_len}"
+        )
+    return info, model_config, block_size
+
+
+def check_before_launch(c: TrainConfig) -> None:
+    """What setup_run would refuse, checked without building a model: for a launcher before torchrun,
+    whose report of a failed rank is pages long."""
+    pick_device(c.device, Dist())
+    _, model_config, _ = check_corpus_and_model(c)
+    find_resume_checkpoint(c, model_config)
+
+
+@dataclass
+class Run:
+    """What one train() call works on: the model, optimizer and loaders, and where the loop stands."""
+
+    c: TrainConfig
+    d: Dist
+    device: torch.device
+    info: CorpusInfo
+    model_config: ModelConfig
+    raw_model: GPT  # the bare GPT: checkpoints, evaluation, samples
+    model: torch.nn.Module  # raw_model, compiled and/or DDP-wrapped: the training forward
+    optimizer: torch.optim.Optimizer
+    prefetchers: dict[int, DevicePrefetcher]  # loader shard -> its prefetcher
+    block_size: int
+    grad_accum: int
+    tokens_per_step: int
+    checkpoint_extra: dict  # written into every checkpoint's config.json
+    step: int  # optimizer steps done
+    tokens_seen: int
+    last_checkpoint: Path | None  # the newest checkpoint of this run (written, or resumed from)
+    logger: MetricsLogger | None = None  # rank 0 only, like bar and tokenizer
+    bar: ProgressBar | None = None
+    tokenizer: object | None = None  # SentencePiece, for samples
+    on_log: Callable[[dict], None] | None = None
+    flops_per_token: float = 0.0  # for MFU
+    device_peak_flops: float | None = None  # None: unknown (CPU, an unlisted GPU)
+    # throughput since the last logged step
+    t_last: float = 0.0
+    tokens_since: int = 0
+    data_wait: float = 0.0
+    # what train() returns
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    val: dict | None = None
+
+    @property
+    def shard_cycle(self) -> list[DevicePrefetcher]:
+        return list(self.prefetchers.values())
+
+
+def setup_run(
+    c: TrainConfig, d: Dist, device: torch.device, on_log: Callable[[dict], None] | None = None
+) -> Run:
+    """Read the corpus, decide where to start, build model, optimizer and loaders, open the logs."""
+    info, model_config, block_size = check_corpus_and_model(c, verify=d.is_main)
+    n_shards, my_shards = loader_shards(c, d)
+    grad_accum = resolve_grad_accum(c, d, block_size, len(my_shards))
+    tokens_per_step = c.batch_size * block_size * grad_accum * d.world_size
+
+    resume_dir = find_resume_checkpoint(c, model_config)
+    tokenizer_sha256 = info.tokenizer_sha256
+    if resume_dir is not None:  # the model was built for the tokenizer it was saved with
+        tokenizer_sha256 = ckpt.read_checkpoint_config(resume_dir).get("tokenizer_sha256", tokenizer_sha256)
+
+    # The order of what draws from the RNG (init, then restored states) is what makes resume bit-exact.
+    torch.manual_seed(c.seed)
+    model = GPT(model_config)  # initialised on the CPU, so the weights do not depend on the device
+    start_step, tokens_seen, resume = 0, 0, None
+    if resume_dir is not None:
+        trainer, opt_tensors, trainer_tensors = ckpt.load_training_checkpoint(resume_dir, model)
+        resume = (trainer, trainer_tensors)
+        start_step, tokens_seen = int(trainer["step"]), int(trainer["tokens_seen"])
+    model.to(device)
+    optimizer = build_optimizer(model, c, device)
+    if resume_dir is not None:
+        optimizer.load_state_dict(ckpt.optimizer_state_from_tensors(opt_tensors, trainer["optimizer"]))
+        torch.set_rng_state(trainer_tensors["rng.torch_cpu"])
+        if device.type == "cuda" and "rng.torch_cuda" in trainer_tensors:
+            torch.cuda.set_rng_state(trainer_tensors["rng.torch_cuda"], device)
+    prefetchers = build_loaders(c, d, device, block_size, tokenizer_sha256, resume)
+
+    wrapped: torch.nn.Module = torch.compile(model) if c.compile else model
+    if d.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        wrapped = DDP(
+            wrapped,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model_config.n_experts > 0,  # an expert that got no token has no gradient
+        )
+    run = Run(
+        c=c,
+        d=d,
+        device=device,
+        info=info,
+        model_config=model_config,
+        raw_model=model,
+        model=wrapped,
+        optimizer=optimizer,
+        prefetchers=prefetchers,
+        block_size=block_size,
+        grad_accum=grad_accum,
+        tokens_per_step=tokens_per_step,
+        checkpoint_extra={
+            "tokenizer_path": str(info.tokenizer_path.resolve()),
+            "tokenizer_sha256": tokenizer_sha256,
+            "corpus": str(Path(c.corpus).resolve()),
+            "train": asdict(c),
+        },
+        step=start_step,
+        tokens_seen=tokens_seen,
+        last_checkpoint=resume_dir,
+        on_log=on_log,
+        flops_per_token=model.flops_per_token(block_size),
+        device_peak_flops=peak_flops(device),
+    )
+    if d.is_main:
+        try:
+            open_logs(run, n_shards, resume_dir)
+        except BaseException:  # e.g. a full disk: stop the prefetch threads before passing it on
+            close_run(run)
+            raise
+    return run
+
+
+def open_logs(run: Run, n_shards: int, resume_dir: Path | None) -> None:
+    """Rank 0: RUN/config.json, the metrics log, the progress bar, and the tokenizer for samples."""
+    c, d, model = run.c, run.d, run.raw_model
+    run_dir = Path(c.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(
+        run_dir / RUN_CONFIG_FILE,
+        {
+            "train": asdict(c),
+            "model": run.model_config.to_dict(),
+            "corpus": run.checkpoint_extra["corpus"],
+            "tokenizer_path": run.checkpoint_extra["tokenizer_path"],
+            "tokenizer_sha256": run.checkpoint_extra["tokenizer_sha256"],
+            "world_size": d.world_size,
+            "data_shards": n_shards,
+            "grad_accum": run.grad_accum,
+            "block_size": run.block_size,
+            "tokens_per_step": run.tokens_per_step,
+            "n_params": model.num_params(),
+            "n_params_active": model.num_params(active=True),
+            "device": str(run.device),
+        },
+    )
+    run.logger = MetricsLogger(run_dir, resume_step=run.step, tensorboard=c.tensorboard)
+    run.bar = ProgressBar(run.step, c.max_steps, enabled=c.progress)
+    where = f"resuming from {resume_dir}" if resume_dir is not None else "starting from scratch"
+    run.bar.write(
+        f"{where}: {model.num_params() / 1e6:.2f}M params ({model.num_params(active=True) / 1e6:.2f}M "
+        f"active), {run.tokens_per_step:,} tokens/step = {d.world_size} proc x {run.grad_accum} micro x "
+        f"{c.batch_size} x {run.block_size}, device {run.device}"
+    )
+    if c.samples:
+        try:
+            run.tokenizer = load_tokenizer(run.info.tokenizer_path)
+        except Exception as e:  # noqa: BLE001 - samples are a nicety; never fail a run for them
+            warnings.warn(f"samples disabled: cannot load {run.info.tokenizer_path} ({e})", stacklevel=1)
+
+
+def close_run(run: Run) -> None:
+    for p in run.prefetchers.values():
+        p.close()
+    if run.logger is not None:
+        run.logger.close()
+    if run.bar is not None:
+        run.bar.close()
+
+
+# -----------------------------------------------------------------------------------------------
+# One optimizer step
+
+
+@dataclass
+class StepResult:
+    """What one step leaves on the device; read (with a GPU sync) only when something is logged."""
+
+    lr: float
+    loss_sum: torch.Tensor  # summed over the micro-batches of this process
+    grad_norm: torch.Tensor
+    expert_load: torch.Tensor | None  # MoE: summed over the micro-batches
+    aux_loss: torch.Tensor | None
+    _loss: float | None = None  # the mean over all processes, once computed
+
+    def loss(self, run: Run) -> float:
+        """The step's loss averaged over micro-batches and processes (every rank must call it)."""
+        if self._loss is None:
+            mean = self.loss_sum / run.grad_accum
+            if run.d.world_size > 1:
+                dist.all_reduce(mean, op=dist.ReduceOp.AVG)
+            self._loss = mean.item()
+        return self._loss
+
+
+def train_step(run: Run) -> StepResult:
+    """grad_accum micro-batches forward and backward, clip, one optimizer step."""
+    c = run.c
+    lr = lr_at(run.step, c)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=run.device)
+    load_sum = None
+    shard_cycle = run.shard_cycle
+    for micro in range(run.grad_accum):
+        t0 = time.perf_counter()
+        x, y = next(shard_cycle[micro % len(shard_cycle)])
+        run.data_wait += time.perf_counter() - t0
+        # DDP all-reduces gradients in the backward of the last micro-batch only
+        skip_sync = run.d.world_size > 1 and micro < run.grad_accum - 1
+        with run.model.no_sync() if skip_sync else contextlib.nullcontext():
+            with autocast_context(run.device):
+                out = run.model(x, y)
+                loss = out.total_loss() / run.grad_accum
+            loss.backward()
+        loss_sum += out.loss.detach()
+        if run.model_config.n_experts > 0:
+            load = out.stats["expert_load"]
+            load_sum = load if load_sum is None else load_sum + load
+    grad_norm = (
+        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), c.grad_clip)
+        if c.grad_clip > 0
+        else torch.zeros((), device=run.device)
+    )
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.step += 1
+    run.tokens_seen += run.tokens_per_step
+    run.tokens_since += run.tokens_per_step
+    aux = out.aux_loss if load_sum is not None else None
+    return StepResult(lr, loss_sum, grad_norm, load_sum, aux)
+
+
+def check_finite(run: Run, result: StepResult, weights: bool = False) -> None:
+    """Stop at a NaN/inf loss or gradient norm (and, before a checkpoint, weights), so none is saved."""
+    loss, grad_norm = result.loss(run), result.grad_norm.item()
+    finite = math.isfinite(loss) and math.isfinite(grad_norm)
+    if finite and weights:
+        finite = bool(torch.stack([p.isfinite().all() for p in run.raw_model.parameters()]).all())
+    if finite:
+        return
+    kept = run.last_checkpoint if run.last_checkpoint is not None else "none (no checkpoint yet)"
+    raise TrainingDiverged(
+        f"training diverged at step {run.step} of {run.c.run_dir}: loss {loss}, gradient norm {grad_norm} "
+        f"(lr {result.lr:.3g}); nothing was saved after it, the last good checkpoint is {kept}; "
+        "lower --lr or raise --warmup-steps, then rerun to continue from that checkpoint"
+    )
+
+
+# -----------------------------------------------------------------------------------------------
+# Periodic work: log, evaluate, samples, checkpoint
+
+
+def log_step(run: Run, result: StepResult, evaluating: bool) -> None:
+    """A metrics.jsonl record (with the evaluation's figures on evaluation steps), bar and callback."""
+    c, d = run.c, run.d
+    loss = result.loss(run)  # also waits for the GPU, so the timing below is real
+    check_finite(run, result)
+    elapsed = time.perf_counter() - run.t_last
+    tok_s = run.tokens_since / elapsed
+    record = {
+        "step": run.step,
+        "loss": loss,
+        "lr": result.lr,
+        "grad_norm": result.grad_norm.item(),
+        "tokens": run.tokens_seen,
+        "tokens_per_s": tok_s,
+        "data_wait_frac": run.data_wait / elapsed,
+        "epoch": run.shard_cycle[0].loader.epoch,
+    }
+    achieved = mfu(tok_s / d.world_size, run.flops_per_token, run.device_peak_flops)
+    if achieved is not None:
+        record["mfu"] = achieved
+    if result.expert_load is not None:
+        record["expert_load"] = (result.expert_load / run.grad_accum).tolist()
+        record["aux_loss"] = result.aux_loss.item()
+    if evaluating:
+        record.update(periodic_evaluation(run))
+    run.losses.append((run.step, loss))
+    if d.is_main:
+        run.logger.log(record)
+        run.bar.update(run.step, loss, tok_s)
+        if run.on_log is not None:
+            run.on_log(record)
+        if evaluating and c.plot:
+            plot_run(c.run_dir)
+    run.t_last, run.tokens_since, run.data_wait = time.perf_counter(), 0, 0.0
+
+
+def periodic_evaluation(run: Run) -> dict:
+    """Every eval_every steps and at the end: what is measured, as fields of the metrics record.
+
+    Validation loss on every rank (each evaluates its share); samples on rank 0.
+    """
+    c = run.c
+    val = evaluate(
+        run.raw_model,
+        c.corpus,
+        "validation",
+        run.block_size,
+        c.eval_batch_size or c.batch_size,
+        c.eval_batches,
+        run.device,
+    )
+    run.val = val
+    if run.d.is_main:
+        run.bar.write(
+            f"step {run.step}: val loss {val['loss']:.4f}, ppl {val['perplexity']:.2f}, bpb {val['bpb']:.4f}"
+        )
+        if run.tokenizer is not None:
+            write_samples(run)
+    return {"val_loss": val["loss"], "val_ppl": val["perplexity"], "val_bpb": val["bpb"]}
+
+
+def write_samples(run: Run) -> None:
+    c = run.c
+    texts = generate_samples(
+        run.raw_model,
+        run.tokenizer,
+        max_new_tokens=c.sample_tokens,
+        bos_id=run.info.bos_id,
+        device=run.device,
+    )
+    block = "\n".join(f"[step {run.step}] {t!r}" for t in texts)
+    with open(Path(c.run_dir) / SAMPLES_FILE, "a", encoding="utf-8") as f:
+        f.write(block + "\n")
+    run.logger.add_text("samples", "\n\n".join(texts), run.step)
 
 
 def training_state(
@@ -264,7 +621,7 @@ def training_state(
 
 def loader_state_from_checkpoint(trainer: dict, tensors: dict[str, torch.Tensor], shard: int) -> dict:
     if str(shard) not in trainer["loaders"]:
-        raise ValueError(
+        raise ConfigError(
             f"the checkpoint has no loader state for data shard {shard} (it has {sorted(trainer['loaders'])}): "
             "resume with the same data_shards"
         )
@@ -276,59 +633,47 @@ def loader_state_from_checkpoint(trainer: dict, tensors: dict[str, torch.Tensor]
     return state
 
 
-def save_checkpoint(
-    c: TrainConfig,
-    d: Dist,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    prefetchers: dict[int, DevicePrefetcher],
-    step: int,
-    tokens_seen: int,
-    extra: dict,
-    device: torch.device,
-) -> Path | None:
-    """Every rank hands its loaders' states to rank 0, which writes the checkpoint."""
-    states = {shard: p.state_dict() for shard, p in prefetchers.items()}
+def save_checkpoint(run: Run) -> None:
+    """Every rank hands its loaders' states to rank 0, which writes RUN/checkpoints/step_N/."""
+    c, d = run.c, run.d
+    states = {shard: p.state_dict() for shard, p in run.prefetchers.items()}
     if d.world_size > 1:
         gathered: list = [None] * d.world_size
         dist.all_gather_object(gathered, states)  # in-memory between our own processes
         states = {shard: s for part in gathered for shard, s in part.items()}
-    path = None
     if d.is_main:
-        json_state, tensors = training_state(step, tokens_seen, states, device)
-        json_state["schedule"] = {"kind": c.schedule, "lr": lr_at(max(step - 1, 0), c)}
-        path = ckpt.save_training_checkpoint(
-            c.run_dir, step, model, optimizer, json_state, tensors, extra=extra, keep_last=c.keep_last
+        json_state, tensors = training_state(run.step, run.tokens_seen, states, run.device)
+        json_state["schedule"] = {"kind": c.schedule, "lr": lr_at(max(run.step - 1, 0), c)}
+        run.last_checkpoint = ckpt.save_training_checkpoint(
+            c.run_dir,
+            run.step,
+            run.raw_model,
+            run.optimizer,
+            json_state,
+            tensors,
+            extra=run.checkpoint_extra,
+            keep_last=c.keep_last,
         )
     if d.world_size > 1:
         dist.barrier()
-    return path
 
 
 # -----------------------------------------------------------------------------------------------
-# Training
+# The loop
 
 
-def build_model_config(c: TrainConfig, info: CorpusInfo) -> ModelConfig:
-    overrides = dict(c.model_overrides)
-    overrides.setdefault("vocab_size", info.vocab_size)
-    config = ModelConfig.preset(c.preset, **overrides)
-    if config.vocab_size < info.vocab_size:
-        raise ValueError(
-            f"vocab_size={config.vocab_size} is smaller than the corpus tokenizer's {info.vocab_size}"
-        )
-    return config
-
-
-def train(c: TrainConfig) -> dict:
+def train(c: TrainConfig, on_log: Callable[[dict], None] | None = None) -> dict:
     """Train (or continue training) the run in c.run_dir up to c.max_steps; returns a summary dict:
     run_dir, start_step, step, losses [(step, loss) logged by this call], final_loss, val_loss,
-    val_bpb, interrupted (the signal number or None), checkpoint (the last one written)."""
+    val_bpb, interrupted (the signal number or None), checkpoint (the last one written).
+
+    on_log(record) is called on rank 0 with every metrics.jsonl record as it is written: a caller's
+    progress report (the Prefect flow's). Under torchrun, main() passes it on as stdout lines.
+    """
     device_kind = (
         "cuda" if c.device == "cuda" or (c.device == "auto" and torch.cuda.is_available()) else "cpu"
     )
     d = setup_distributed(device_kind)
-    device = pick_device(c.device, d)
     # Process-wide torch settings are put back afterwards, and the RNG is forked, so that train() can be
     # called several times in one process (tests, a Prefect flow) without one call leaking into the next.
     previous = (
@@ -337,15 +682,16 @@ def train(c: TrainConfig) -> dict:
         torch.backends.cuda.matmul.allow_tf32,
         torch.backends.cudnn.allow_tf32,
     )
-    if c.threads is not None:
-        torch.set_num_threads(c.threads)
-    if c.deterministic:
-        torch.use_deterministic_algorithms(True)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
+        device = pick_device(c.device, d)
+        if c.threads is not None:
+            torch.set_num_threads(c.threads)
+        if c.deterministic:
+            torch.use_deterministic_algorithms(True)
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), StopSignal() as stop:
-            return _train(c, d, device, stop)
+            return train_loop(setup_run(c, d, device, on_log), stop)
     finally:
         torch.set_num_threads(previous[0])
         torch.use_deterministic_algorithms(previous[1])
@@ -354,277 +700,53 @@ def train(c: TrainConfig) -> dict:
             dist.destroy_process_group()
 
 
-def _train(c: TrainConfig, d: Dist, device: torch.device, stop: StopSignal) -> dict:
-    run_dir = Path(c.run_dir)
-    info = CorpusInfo.from_dir(c.corpus)
-    model_config = build_model_config(c, info)
-    block_size = c.block_size or model_config.max_seq_len
-    if block_size > model_config.max_seq_len:
-        raise ValueError(
-            f"block_size={block_size} exceeds the model's max_seq_len={model_config.max_seq_len}"
-        )
-    n_shards, my_shards = loader_shards(c, d)
-    grad_accum = resolve_grad_accum(c, d, block_size, len(my_shards))
-    tokens_per_step = c.batch_size * block_size * grad_accum * d.world_size
-
-    # -- resume or start
-    if not c.resume and ckpt.list_step_dirs(run_dir):
-        raise ValueError(f"{run_dir} already holds checkpoints and resume is off: use a new run folder")
-    resume_dir = ckpt.latest_valid_training_checkpoint(run_dir) if c.resume else None
-    tokenizer_sha256 = info.tokenizer_sha256
-    if resume_dir is not None:
-        saved = ckpt.read_checkpoint_config(resume_dir)
-        if ModelConfig.from_dict(saved["model"]) != model_config:
-            raise ValueError(
-                f"{resume_dir} holds a model with another config than the one asked for: "
-                "use the same preset and overrides to continue, or a new --run"
-            )
-        tokenizer_sha256 = saved.get("tokenizer_sha256", tokenizer_sha256)
-    extra = {
-        "tokenizer_path": str(info.tokenizer_path.resolve()),
-        "tokenizer_sha256": tokenizer_sha256,
-        "corpus": str(Path(c.corpus).resolve()),
-        "train": asdict(c),
-    }
-
-    torch.manual_seed(c.seed)
-    model = GPT(model_config)  # initialised on the CPU, so the weights do not depend on the device
-    start_step, tokens_seen = 0, 0
-    resume_state = None
-    if resume_dir is not None:
-        weights, trainer, opt_tensors, trainer_tensors = ckpt.load_training_checkpoint(resume_dir)
-        if model_config.tie_embeddings:
-            weights["lm_head.weight"] = weights["tok_emb.weight"]
-        model.load_state_dict(weights, strict=True)
-        resume_state = (trainer, opt_tensors, trainer_tensors)
-        start_step, tokens_seen = int(trainer["step"]), int(trainer["tokens_seen"])
-    model.to(device)
-    fused = True if device.type == "cuda" else None
-    optimizer = build_optimizer(model, c.optimizer, c.lr, c.weight_decay, (c.beta1, c.beta2), fused=fused)
-    if resume_state is not None:
-        trainer, opt_tensors, trainer_tensors = resume_state
-        optimizer.load_state_dict(ckpt.optimizer_state_from_tensors(opt_tensors, trainer["optimizer"]))
-        torch.set_rng_state(trainer_tensors["rng.torch_cpu"])
-        if device.type == "cuda" and "rng.torch_cuda" in trainer_tensors:
-            torch.cuda.set_rng_state(trainer_tensors["rng.torch_cuda"], device)
-
-    # -- data: one loader per data shard this process reads, each behind a prefetch thread
-    prefetchers: dict[int, DevicePrefetcher] = {}
-    for shard in my_shards:
-        loader = TokenWindowLoader(
-            c.corpus,
-            LoaderConfig(
-                block_size=block_size,
-                batch_size=c.batch_size,
-                seed=c.seed,
-                shuffle_buffer=c.shuffle_buffer,
-                rank=shard,
-                world_size=n_shards,
-            ),
-            tokenizer_sha256=tokenizer_sha256,
-        )
-        if resume_state is not None:
-            loader.load_state_dict(loader_state_from_checkpoint(resume_state[0], resume_state[2], shard))
-        prefetchers[shard] = DevicePrefetcher(loader, device, depth=c.prefetch)
-
-    raw_model = model
-    flops_per_token = raw_model.flops_per_token(block_size)
-    peak = peak_flops(device)
-    is_moe = model_config.n_experts > 0
-    if c.compile:
-        model = torch.compile(model)
-    if d.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(
-            model,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=is_moe,  # an expert that got no token has no gradient
-        )
-
-    # -- logs (rank 0)
-    logger = bar = None
-    if d.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            run_dir / RUN_CONFIG_FILE,
-            {
-                "train": asdict(c),
-                "model": model_config.to_dict(),
-                "corpus": extra["corpus"],
-                "tokenizer_path": extra["tokenizer_path"],
-                "tokenizer_sha256": tokenizer_sha256,
-                "world_size": d.world_size,
-                "data_shards": n_shards,
-                "grad_accum": grad_accum,
-                "block_size": block_size,
-                "tokens_per_step": tokens_per_step,
-                "n_params": raw_model.num_params(),
-                "n_params_active": raw_model.num_params(active=True),
-                "device": str(device),
-            },
-        )
-        logger = MetricsLogger(run_dir, resume_step=start_step, tensorboard=c.tensorboard)
-        bar = ProgressBar(start_step, c.max_steps, enabled=c.progress)
-        where = f"resuming from {resume_dir}" if resume_dir is not None else "starting from scratch"
-        bar.write(
-            f"{where}: {raw_model.num_params() / 1e6:.2f}M params ({raw_model.num_params(active=True) / 1e6:.2f}M "
-            f"active), {tokens_per_step:,} tokens/step = {d.world_size} proc x {grad_accum} micro x "
-            f"{c.batch_size} x {block_size}, device {device}"
-        )
-    tokenizer = None
-    if c.samples and d.is_main:
-        try:
-            tokenizer = load_tokenizer(info.tokenizer_path)
-        except Exception as e:  # noqa: BLE001 - samples are a nicety; never fail a run for them
-            warnings.warn(f"samples disabled: cannot load {info.tokenizer_path} ({e})", stacklevel=1)
-
-    # -- the loop
-    summary: dict = {"run_dir": str(run_dir), "start_step": start_step, "losses": [], "interrupted": None}
-    last_checkpoint = resume_dir
-    val: dict | None = None
-    step = start_step
-    shard_cycle = [prefetchers[s] for s in my_shards]
-    t_last, tokens_since, data_wait = time.perf_counter(), 0, 0.0
+def train_loop(run: Run, stop: StopSignal) -> dict:
+    """Step until max_steps or a signal; log, evaluate and checkpoint on their schedules."""
+    c, d = run.c, run.d
+    summary: dict = {"run_dir": str(c.run_dir), "start_step": run.step, "interrupted": None}
+    run.t_last = time.perf_counter()
     try:
-        while step < c.max_steps:
-            lr = lr_at(step, c)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            load_sum = None
-            for micro in range(grad_accum):
-                t0 = time.perf_counter()
-                x, y = next(shard_cycle[micro % len(shard_cycle)])
-                data_wait += time.perf_counter() - t0
-                # DDP all-reduces gradients in the backward of the last micro-batch only
-                skip_sync = d.world_size > 1 and micro < grad_accum - 1
-                with model.no_sync() if skip_sync else contextlib.nullcontext():
-                    with autocast_context(device):
-                        out = model(x, y)
-                        loss = out.total_loss() / grad_accum
-                    loss.backward()
-                loss_sum += out.loss.detach()
-                if is_moe:
-                    load = out.stats["expert_load"]
-                    load_sum = load if load_sum is None else load_sum + load
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), c.grad_clip)
-                if c.grad_clip > 0
-                else torch.zeros((), device=device)
-            )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += tokens_per_step
-            tokens_since += tokens_per_step
-
-            # agree on stopping: a signal may reach the ranks at different steps
-            stopping = stop.signum is not None
-            if d.world_size > 1:
-                flag = torch.tensor([float(stopping)], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stopping = bool(flag.item())
-            last = step == c.max_steps or stopping
-            evaluating = c.eval_every > 0 and (step % c.eval_every == 0 or step == c.max_steps)
-
-            if step % c.log_every == 0 or evaluating or last:
-                loss_mean = loss_sum / grad_accum
-                if d.world_size > 1:
-                    dist.all_reduce(loss_mean, op=dist.ReduceOp.AVG)
-                loss_value = loss_mean.item()  # also waits for the GPU, so the timing below is real
-                elapsed = time.perf_counter() - t_last
-                tok_s = tokens_since / elapsed
-                record = {
-                    "step": step,
-                    "loss": loss_value,
-                    "lr": lr,
-                    "grad_norm": grad_norm.item(),
-                    "tokens": tokens_seen,
-                    "tokens_per_s": tok_s,
-                    "data_wait_frac": data_wait / elapsed,
-                    "epoch": prefetchers[my_shards[0]].loader.epoch,
-                }
-                achieved = mfu(tok_s / d.world_size, flops_per_token, peak)
-                if achieved is not None:
-                    record["mfu"] = achieved
-                if is_moe and load_sum is not None:
-                    record["expert_load"] = (load_sum / grad_accum).tolist()
-                    record["aux_loss"] = out.aux_loss.item()
-                t_last, tokens_since, data_wait = time.perf_counter(), 0, 0.0
-                if evaluating:
-                    val = evaluate(
-                        raw_model,
-                        c.corpus,
-                        "validation",
-                        block_size,
-                        c.eval_batch_size or c.batch_size,
-                        c.eval_batches,
-                        device,
-                    )
-                    record.update(val_loss=val["loss"], val_ppl=val["perplexity"], val_bpb=val["bpb"])
-                summary["losses"].append((step, loss_value))
-                if d.is_main:
-                    logger.log(record)
-                    bar.update(step, loss_value, tok_s)
-                    if evaluating:
-                        bar.write(
-                            f"step {step}: val loss {val['loss']:.4f}, ppl {val['perplexity']:.2f}, "
-                            f"bpb {val['bpb']:.4f}"
-                        )
-                        if tokenizer is not None:
-                            write_samples(raw_model, tokenizer, info, c, step, device, logger, run_dir)
-                        if c.plot:
-                            plot_run(run_dir)
-                t_last = time.perf_counter()  # evaluation and logging do not count as training time
-
-            if step % c.checkpoint_every == 0 or last:
-                last_checkpoint = save_checkpoint(
-                    c, d, raw_model, optimizer, prefetchers, step, tokens_seen, extra, device
-                )
-                t_last = time.perf_counter()
+        while run.step < c.max_steps:
+            result = train_step(run)
+            stopping = agree_to_stop(stop, d, run.device)  # a signal may reach the ranks at different steps
+            last = run.step == c.max_steps or stopping
+            evaluating = c.eval_every > 0 and (run.step % c.eval_every == 0 or run.step == c.max_steps)
+            if run.step % c.log_every == 0 or evaluating or last:
+                log_step(run, result, evaluating)
+            if run.step % c.checkpoint_every == 0 or last:
+                check_finite(run, result, weights=True)
+                save_checkpoint(run)
+                run.t_last = time.perf_counter()  # checkpoints do not count as training time
             if stopping:
                 summary["interrupted"] = int(stop.signum if stop.signum is not None else signal.SIGTERM)
-                if bar is not None:
-                    bar.write(f"stopped by signal at step {step}; checkpoint written, rerun to continue")
+                if run.bar is not None:
+                    run.bar.write(
+                        f"stopped by signal at step {run.step}; checkpoint written, rerun to continue"
+                    )
                 break
     finally:
-        for p in prefetchers.values():
-            p.close()
-        if logger is not None:
-            logger.close()
-        if bar is not None:
-            bar.close()
-    if d.is_main and c.plot and summary["losses"]:
-        plot_run(run_dir)
+        close_run(run)
+    if d.is_main and c.plot and run.losses:
+        plot_run(c.run_dir)
     summary.update(
-        step=step,
-        final_loss=summary["losses"][-1][1] if summary["losses"] else None,
-        val_loss=val["loss"] if val else None,
-        val_bpb=val["bpb"] if val else None,
-        checkpoint=str(last_checkpoint) if last_checkpoint is not None else None,
-        tokens_seen=tokens_seen,
+        losses=run.losses,
+        step=run.step,
+        final_loss=run.losses[-1][1] if run.losses else None,
+        val_loss=run.val["loss"] if run.val else None,
+        val_bpb=run.val["bpb"] if run.val else None,
+        checkpoint=str(run.last_checkpoint) if run.last_checkpoint is not None else None,
+        tokens_seen=run.tokens_seen,
     )
     return summary
 
 
-def write_samples(
-    model: GPT,
-    tokenizer,
-    info: CorpusInfo,
-    c: TrainConfig,
-    step: int,
-    device: torch.device,
-    logger: MetricsLogger,
-    run_dir: Path,
-) -> None:
-    texts = generate_samples(
-        model, tokenizer, max_new_tokens=c.sample_tokens, bos_id=info.bos_id, device=device
-    )
-    block = "\n".join(f"[step {step}] {t!r}" for t in texts)
-    with open(run_dir / SAMPLES_FILE, "a", encoding="utf-8") as f:
-        f.write(block + "\n")
-    logger.add_text("samples", "\n\n".join(texts), step)
+def agree_to_stop(stop: StopSignal, d: Dist, device: torch.device) -> bool:
+    stopping = stop.signum is not None
+    if d.world_size > 1:
+        flag = torch.tensor([float(stopping)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stopping = bool(flag.item())
+    return stopping
 
 
 # -----------------------------------------------------------------------------------------------
@@ -651,8 +773,14 @@ def _arg_type(hint) -> typing.Callable[[str], object]:
     raise TypeError(f"no command-line type for {hint}")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        """A bad flag is a user error (one line from the CLI), not argparse's usage dump and exit."""
+        raise ConfigError(f"{message} (python -m training.train --help lists every option)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m training.train",
         description="Train a GPT on a ptgpt corpus (rerun the same command to resume).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -730,20 +858,59 @@ SUMMARY_KEYS = (
     "tokens_seen",
     "interrupted",
 )
+PROGRESS_ENV = "PTGPT_PROGRESS_LINES"  # set to 1: rank 0 prints each metrics record on stdout
+PROGRESS_PREFIX = "ptgpt-progress "
+
+
+def print_progress(record: dict) -> None:
+    print(PROGRESS_PREFIX + json.dumps(record), flush=True)
+
+
+def exit_code(summary: dict) -> int:
+    """0 when training reached max_steps; 128 + the signal number when a signal stopped it."""
+    return 128 + summary["interrupted"] if summary["interrupted"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train; rank 0 prints the summary as one JSON line (the last line of stdout) for launchers."""
-    config = config_from_args(argv)
+    """Train; rank 0 prints the summary as one JSON line (the last line of stdout) for launchers.
+
+    A user error (bad flag, corpus, settings, divergence) prints `Error: ...` and exits 2.
+    """
     try:
-        summary = train(config)
-    except (CorpusError, ValueError, FileNotFoundError) as e:  # bad input: a message, not a traceback
-        print(f"training.train: error: {e}", file=sys.stderr)
+        config = config_from_args(argv)
+        on_log = print_progress if os.environ.get(PROGRESS_ENV) == "1" else None
+        summary = train(config, on_log=on_log)
+    except UserError as e:
+        print(f"Error: {e}", file=sys.stderr, flush=True)
         return 2
     if int(os.environ.get("RANK", "0")) == 0:
-        keys = SUMMARY_KEYS
-        print(json.dumps({k: summary.get(k) for k in keys}), flush=True)
-    return 128 + summary["interrupted"] if summary["interrupted"] else 0
+        print(json.dumps({k: summary.get(k) for k in SUMMARY_KEYS}), flush=True)
+    return exit_code(summary)
+
+
+def run_torchrun(
+    nproc: int, argv: list[str], on_log: Callable[[dict], None] | None = None, stderr=None
+) -> tuple[int, dict | None]:
+    """Run `torchrun ... -m training.train ARGV` on this machine; returns (exit code, rank 0's summary).
+
+    Training then lives in other processes, so a progress callback cannot be handed to train(): rank 0
+    prints each metrics record as a `ptgpt-progress {...}` line and this function calls on_log with it.
+    Other stdout lines pass through; stderr goes to `stderr` (default: this process's).
+    """
+    env = {**os.environ, PROGRESS_ENV: "1"}
+    summary = None
+    with subprocess.Popen(
+        torchrun_command(nproc, argv), stdout=subprocess.PIPE, stderr=stderr, text=True, env=env
+    ) as proc:
+        for line in proc.stdout:
+            if line.startswith(PROGRESS_PREFIX):
+                if on_log is not None:
+                    on_log(json.loads(line[len(PROGRESS_PREFIX) :]))
+            elif line.startswith("{"):
+                summary = json.loads(line)
+            else:
+                sys.stdout.write(line)
+    return proc.returncode, summary
 
 
 if __name__ == "__main__":

@@ -2,12 +2,23 @@
 
 Each subcommand lives in its own module here and imports its stage (requests, pyarrow, torch,
 prefect...) inside the command body, so `ptgpt --help` and `ptgpt scrape` never pay for torch.
+
+Errors. An expected failure (common.errors.UserError, raised by any stage for bad input, or an
+OSError such as a full, read-only or forbidden disk) prints one line, `Error: <what, where, what to
+do>`, and exits 1; click's own usage errors exit 2. Anything else is a bug and keeps its traceback.
+`ptgpt --debug ...` or PTGPT_DEBUG=1 shows the traceback of expected failures too.
 """
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+from pathlib import Path
+
 import click
 
+from common.errors import UserError
 from ptgpt import __version__
 from ptgpt.cli.corpus import corpus
 from ptgpt.cli.demo import demo
@@ -16,10 +27,77 @@ from ptgpt.cli.pipeline import build, run, serve
 from ptgpt.cli.scrape import mirror, scrape
 from ptgpt.cli.train import eval_command, generate, train
 
+DEBUG_ENV = "PTGPT_DEBUG"
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# OSErrors that are the environment's, not a bug: said in one line with the path they concern.
+DISK_ERRORS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.ENOENT: "no such file or folder",
+    errno.ENOTDIR: "not a folder",
+    errno.EISDIR: "is a folder",
+    errno.EEXIST: "already exists",
+}
+DISK_ADVICE = {
+    errno.ENOSPC: "free some space or choose another folder, then rerun (finished work is kept)",
+    errno.EDQUOT: "free some space or choose another folder, then rerun (finished work is kept)",
+    errno.EROFS: "choose a writable folder",
+    errno.EACCES: "choose a folder you can write, or fix its permissions",
+    errno.EPERM: "choose a folder you can write, or fix its permissions",
+}
+
+
+def free_space(path: str | Path) -> str:
+    """Free space on the file system that holds `path` (or its nearest existing parent)."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return f"{shutil.disk_usage(p).free / 1e9:.2f} GB free on {p}"
+    except OSError:
+        return "free space unknown"
+
+
+def describe_os_error(e: OSError) -> str | None:
+    """`what, where, what to do` for an OSError of the environment; None for any other OSError."""
+    if e.errno not in DISK_ERRORS:
+        return None
+    where = e.filename if e.filename is not None else "(path unknown)"
+    message = f"{DISK_ERRORS[e.errno]}: {where}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename is not None:
+        message += f" ({free_space(e.filename)})"
+    advice = DISK_ADVICE.get(e.errno, "check the path")
+    return f"{message}; {advice}"
+
+
+class App(click.Group):
+    """The ptgpt group: turns expected failures into one `Error: ...` line and a non-zero exit."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            if debugging(ctx):
+                raise
+            raise click.ClickException(str(e)) from None
+        except OSError as e:
+            message = describe_os_error(e)
+            if message is None or debugging(ctx):
+                raise
+            raise click.ClickException(message) from None
+
+
+def debugging(ctx: click.Context) -> bool:
+    return bool(ctx.params.get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+@click.group(cls=App, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="ptgpt")
-def main() -> None:
+@click.option("--debug", is_flag=True, help=f"Show tracebacks of expected errors too (or {DEBUG_ENV}=1).")
+def main(debug: bool) -> None:
     """Build a Portuguese corpus from Project Gutenberg and train a GPT-style model on it."""
 
 

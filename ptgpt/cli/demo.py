@@ -47,7 +47,7 @@ def demo(out: Path, extra_books: int, vocab_size: int, max_steps: int, prompt: s
     from pipelines.flows import corpus_and_train_flow
     from scraping.mirror import GutenbergMirror, mirror_books_from_samples
     from scraping.sample_books import sample_books, sample_catalog_csv
-    from training.checkpoint import best_checkpoint, load_model, read_checkpoint_config
+    from training.checkpoint import load_model, newest_valid_checkpoint, read_checkpoint_config
     from training.evaluate import generate_samples, load_tokenizer
 
     out = out.resolve()
@@ -62,7 +62,6 @@ def demo(out: Path, extra_books: int, vocab_size: int, max_steps: int, prompt: s
             run=str(out / "run"),
             vocab_size=vocab_size,
             rate=0,
-            preset="tiny",
             max_steps=max_steps,
             overrides=DEMO_TRAINING,
             return_state=True,
@@ -72,7 +71,7 @@ def demo(out: Path, extra_books: int, vocab_size: int, max_steps: int, prompt: s
     result = state.result()
     click.echo(json.dumps(result, indent=2, default=str))
 
-    checkpoint = best_checkpoint(out / "run")
+    checkpoint = newest_valid_checkpoint(out / "run")
     model = load_model(checkpoint)
     tokenizer = load_tokenizer(read_checkpoint_config(checkpoint)["tokenizer_path"])
     [text] = generate_samples(model, tokenizer, [prompt], max_new_tokens=60, temperature=0.8, top_k=50)

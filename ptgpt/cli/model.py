@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
+
+from common.errors import UserError
 
 
 def add_fast_tokenizer(folder: Path) -> None:
@@ -26,6 +27,12 @@ def add_fast_tokenizer(folder: Path) -> None:
         )
         return
     LlamaTokenizerFast.from_pretrained(str(folder)).save_pretrained(str(folder))
+
+
+def overlaps(a: Path, b: Path) -> bool:
+    """Whether a is b, contains b, or lies inside b (after resolving links and `..`)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
 
 
 @click.command("export-hf")
@@ -67,19 +74,24 @@ def export_hf(
     """Write a folder that transformers loads without custom code: LlamaForCausalLM for a dense model,
     MixtralForCausalLM for an MoE (which needs an MoE in every layer), with the SentencePiece model as a
     Llama tokenizer."""
-    from training.checkpoint import best_checkpoint, read_checkpoint_config
-    from training.export_hf import export_checkpoint
-
     if (run_dir is None) == (checkpoint_dir is None):
         raise click.UsageError("give exactly one of --run or --checkpoint")
+    source = run_dir if run_dir is not None else checkpoint_dir
+    if overlaps(out_dir, source):  # --overwrite would delete what is being exported
+        raise UserError(
+            f"--out {out_dir} is, contains or lies inside the source {source}: exporting there could "
+            "destroy it; choose a folder outside it"
+        )
+    from training.checkpoint import newest_valid_checkpoint, read_checkpoint_config
+    from training.export_hf import export_checkpoint
+
     try:
-        checkpoint = checkpoint_dir if checkpoint_dir is not None else best_checkpoint(run_dir)
+        checkpoint = checkpoint_dir if checkpoint_dir is not None else newest_valid_checkpoint(run_dir)
         if tokenizer_path is None and not read_checkpoint_config(checkpoint).get("tokenizer_path"):
             raise click.UsageError(f"{checkpoint}/config.json records no tokenizer_path: pass --tokenizer")
         out = export_checkpoint(
             checkpoint, out_dir, tokenizer_path, dtype=dtype, overwrite=overwrite, finalize=add_fast_tokenizer
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        click.echo(f"export-hf: {e}", err=True)
-        sys.exit(1)
+    except (FileExistsError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
     click.echo(f"exported {checkpoint} -> {out}")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from ptgpt.cli.train import max_steps_option, nproc_option, preset_option
+
 
 @click.command()
 @click.option("--name", default="ptgpt", show_default=True, help="Deployment name under each flow.")
@@ -87,15 +89,9 @@ def build(out: Path, **params) -> None:
     show_default=True,
     help="Run folder (checkpoints, logs); rerunning resumes.",
 )
-@click.option("--preset", default="tiny", show_default=True)
-@click.option("--max-steps", type=click.IntRange(min=1), default=1000, show_default=True)
-@click.option(
-    "--nproc",
-    type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Training processes on this machine (torchrun DDP).",
-)
+@preset_option
+@max_steps_option
+@nproc_option
 def run(out: Path, run_dir: Path, **params) -> None:
     """Run corpus-and-train (the main job) in this process."""
     from pipelines.flows import corpus_and_train_flow

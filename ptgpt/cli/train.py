@@ -1,16 +1,54 @@
 """`ptgpt train`, `ptgpt generate` and `ptgpt eval`: thin wrappers over training/train.py and evaluate.py.
 
-torch is imported inside the command bodies, so `ptgpt --help` stays fast.
+torch is imported inside the command bodies, so `ptgpt --help` stays fast. The defaults of the training
+options come from TrainConfig (training/config.py, which imports no torch); `ptgpt run` uses the same
+options (preset_option, max_steps_option, nproc_option).
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import click
+
+from common.errors import UserError
+from training.config import TrainConfig
+
+
+def check_preset(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Refuse an unknown preset while parsing, before any download or corpus work."""
+    from training.model import PRESETS
+
+    if value not in PRESETS:
+        raise click.BadParameter(f"unknown preset {value!r}: choose one of {', '.join(PRESETS)}")
+    return value
+
+
+preset_option = click.option(
+    "--preset",
+    default=TrainConfig.preset,
+    show_default=True,
+    callback=check_preset,
+    help="Model preset (training/model.py): tiny, small, base, tiny-moe, small-moe, base-moe. Sizes depend "
+    "on the corpus vocabulary: small is ~26M parameters with an 8k vocabulary, ~50M with 32k; base ~125M "
+    "with 32k.",
+)
+max_steps_option = click.option(
+    "--max-steps",
+    type=click.IntRange(min=1),
+    default=TrainConfig.max_steps,
+    show_default=True,
+    help="Total optimizer steps; a rerun continues up to this number.",
+)
+nproc_option = click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Training processes on this machine (torchrun DDP).",
+)
 
 
 @click.command(
@@ -26,11 +64,9 @@ import click
 @click.option(
     "--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder."
 )
-@click.option("--preset", default="tiny", show_default=True, help="Model preset: tiny, small, base, *-moe.")
-@click.option("--max-steps", type=int, default=1000, show_default=True, help="Total optimizer steps.")
-@click.option(
-    "--nproc", type=int, default=1, show_default=True, help="Processes on this machine (torchrun, DDP)."
-)
+@preset_option
+@max_steps_option
+@nproc_option
 @click.pass_context
 def train(ctx: click.Context, corpus: Path, run_dir: Path, preset: str, max_steps: int, nproc: int) -> None:
     """Train a GPT on a corpus, or continue the run in RUN from its newest valid checkpoint.
@@ -39,6 +75,15 @@ def train(ctx: click.Context, corpus: Path, run_dir: Path, preset: str, max_step
     --eval-every, --checkpoint-every, --compile true, ...) and every ModelConfig field (--n-layer,
     --n-embd, --n-experts, ...). `python -m training.train --help` lists them all.
     """
+    from training.train import (
+        SUMMARY_KEYS,
+        check_before_launch,
+        config_from_args,
+        exit_code,
+        run_torchrun,
+    )
+    from training.train import train as run_training
+
     argv = [
         "--corpus",
         str(corpus),
@@ -50,29 +95,38 @@ def train(ctx: click.Context, corpus: Path, run_dir: Path, preset: str, max_step
         str(max_steps),
     ]
     argv += list(ctx.args)
+    config = config_from_args(argv)  # a bad flag or value stops here, as one line
     if nproc > 1:
-        from training.train import torchrun_command
-
-        sys.exit(subprocess.call(torchrun_command(nproc, argv)))
-    from training.train import main
-
-    sys.exit(main(argv))
+        # torchrun's own report of a failed rank is long: refuse bad input here first, then let the
+        # ranks skip the sha256 pass this just made.
+        check_before_launch(config)
+        code, summary = run_torchrun(nproc, [*argv, "--verify-shards", "false"])
+    else:
+        summary = run_training(config)
+        code = exit_code(summary)
+    if summary is not None:
+        click.echo(json.dumps({k: summary.get(k) for k in SUMMARY_KEYS}))
+    sys.exit(code)
 
 
 def _checkpoint_of(run_dir: Path | None, checkpoint_dir: Path | None) -> Path:
-    from training.checkpoint import best_checkpoint
+    from training.checkpoint import newest_valid_checkpoint
 
     if (run_dir is None) == (checkpoint_dir is None):
         raise click.UsageError("give exactly one of --run or --checkpoint")
     if checkpoint_dir is not None:
         return checkpoint_dir
-    return best_checkpoint(run_dir)
+    return newest_valid_checkpoint(run_dir)
 
 
 def _device(name: str) -> str:
     import torch
 
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but torch sees no GPU: use --device cpu (or auto)")
+    return name
 
 
 _run_option = click.option(
@@ -91,10 +145,23 @@ _device_option = click.option("--device", default="auto", show_default=True, hel
 @_run_option
 @_checkpoint_option
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Text to continue (repeatable).")
-@click.option("--max-new-tokens", type=int, default=100, show_default=True)
-@click.option("--temperature", type=float, default=0.8, show_default=True, help="0 is greedy.")
-@click.option("--top-k", type=int, default=50, show_default=True, help="0 disables.")
-@click.option("--top-p", type=float, default=None, help="Nucleus sampling threshold.")
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=0),
+    default=100,
+    show_default=True,
+    help="May exceed the context: the model then reads the most recent half to full context.",
+)
+@click.option(
+    "--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True, help="0 is greedy."
+)
+@click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True, help="0 disables.")
+@click.option(
+    "--top-p",
+    type=click.FloatRange(min=0, max=1, min_open=True),
+    default=None,
+    help="Nucleus sampling threshold in (0, 1].",
+)
 @click.option("--seed", type=int, default=1234, show_default=True)
 @click.option(
     "--tokenizer",
@@ -135,6 +202,7 @@ def generate(
         top_p=top_p,
         seed=seed,
         device=device,
+        notify=lambda message: click.echo(f"note: {message}", err=True),
     )
     click.echo(f"# {checkpoint}", err=True)
     for text in texts:
