@@ -269,7 +269,7 @@ def main() -> None:
     p.add_argument("--kv-heads", type=int, help="recipe's key/value heads (default: --heads)")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of both")
     p.add_argument("--warmup-frac", type=float, default=0.05, help="warmup as a fraction of the budget")
-    p.add_argument("--optimizer", default="muon", choices=["adamw", "muon"], help="the recipe's optimizer")
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"], help="the recipe's optimizer")
     p.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="compile the recipe"
