@@ -12,8 +12,6 @@ after writing, so this measures decoding and packing, not the disk.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import tempfile
 import time
@@ -25,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from common import corpus_format as fmt
 from training.data import CorpusInfo, DevicePrefetcher, LoaderConfig, RowGroupReader, TokenWindowLoader
 
 VOCAB = 32000
@@ -36,7 +35,7 @@ def write_synthetic_corpus(
     rng = np.random.default_rng(seed)
     (root / "train").mkdir(parents=True)
     tok_bytes = b"synthetic tokenizer"
-    (root / "tokenizer.model").write_bytes(tok_bytes)
+    (root / fmt.TOKENIZER_FILE).write_bytes(tok_bytes)
     shards, book_id, written = [], 1, 0
     with tqdm(total=n_tokens, unit="tok", unit_scale=True, desc="writing synthetic corpus") as bar:
         while written < n_tokens:
@@ -63,44 +62,14 @@ def write_synthetic_corpus(
                     "n_bytes": pa.array(lengths * 4, pa.int32()),
                 }
             )
-            rel = f"train/part-{len(shards):05d}.parquet"
+            rel = fmt.shard_file("train", len(shards))
             pq.write_table(table, root / rel, row_group_size=rows_per_group, compression="zstd")
-            shards.append(
-                {
-                    "file": rel,
-                    "rows": n,
-                    "tokens": int(lengths.sum()),
-                    "bytes": int(lengths.sum()) * 4,
-                    "row_groups": pq.ParquetFile(root / rel).metadata.num_row_groups,
-                    "sha256": "",
-                }
-            )
+            shards.append(fmt.shard_entry(root, rel, n, int(lengths.sum()), int(lengths.sum()) * 4))
             book_id += int(book_of_row[-1]) + 1
             written += int(lengths.sum())
             bar.update(int(lengths.sum()))
-    manifest = {
-        "schema_version": 1,
-        "tokenizer": {
-            "file": "tokenizer.model",
-            "sha256": hashlib.sha256(tok_bytes).hexdigest(),
-            "vocab_size": VOCAB,
-            "unk_id": 0,
-            "bos_id": 1,
-            "eos_id": 2,
-            "pad_id": 3,
-            "separator_ids": [13, 13],
-        },
-        "splits": {
-            "train": {
-                "rows": sum(s["rows"] for s in shards),
-                "tokens": written,
-                "bytes": written * 4,
-                "books": [],
-                "shards": shards,
-            }
-        },
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest))
+    tokenizer = fmt.tokenizer_entry(root, VOCAB, separator_ids=[13, 13])
+    fmt.write_manifest(root, fmt.make_manifest(tokenizer, {"train": fmt.split_entry([], shards)}))
     return root
 
 

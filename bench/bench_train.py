@@ -19,7 +19,6 @@ lengths, books of a few hundred paragraphs, row groups of 1000 rows.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import tempfile
@@ -31,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from common import corpus_format as fmt
 from training.metrics import read_metrics
 from training.model import ModelConfig
 from training.train import TrainConfig, train
@@ -41,7 +41,7 @@ def write_synthetic_corpus(root: Path, n_tokens: int, vocab_size: int, seed: int
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     tokenizer = b"synthetic tokenizer %d" % vocab_size
-    (root / "tokenizer.model").write_bytes(tokenizer)
+    (root / fmt.TOKENIZER_FILE).write_bytes(tokenizer)
     splits = {}
     for split, target, first_book in (
         ("train", n_tokens, 0),
@@ -66,33 +66,13 @@ def write_synthetic_corpus(root: Path, n_tokens: int, vocab_size: int, seed: int
                 "n_bytes": pa.array(lengths * 4, pa.int32()),  # ~4 bytes per token, as in Portuguese prose
             }
         )
-        rel = f"{split}/part-00000.parquet"
+        rel = fmt.shard_file(split, 0)
         (root / split).mkdir(exist_ok=True)
         pq.write_table(table, root / rel, row_group_size=1000, compression="zstd")
-        shard = {
-            "file": rel,
-            "rows": n,
-            "tokens": int(lengths.sum()),
-            "bytes": int(lengths.sum()) * 4,
-            "row_groups": pq.ParquetFile(root / rel).metadata.num_row_groups,
-            "sha256": hashlib.sha256((root / rel).read_bytes()).hexdigest(),
-        }
-        splits[split] = {k: shard[k] for k in ("rows", "tokens", "bytes")} | {"books": [], "shards": [shard]}
-    manifest = {
-        "schema_version": 1,
-        "tokenizer": {
-            "file": "tokenizer.model",
-            "sha256": hashlib.sha256(tokenizer).hexdigest(),
-            "vocab_size": vocab_size,
-            "unk_id": 0,
-            "bos_id": 1,
-            "eos_id": 2,
-            "pad_id": 3,
-            "separator_ids": [5, 6],
-        },
-        "splits": splits,
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        shard = fmt.shard_entry(root, rel, n, int(lengths.sum()), int(lengths.sum()) * 4)
+        splits[split] = fmt.split_entry([], [shard])
+    tokenizer_entry = fmt.tokenizer_entry(root, vocab_size, separator_ids=[5, 6])
+    fmt.write_manifest(root, fmt.make_manifest(tokenizer_entry, splits))
     return root
 
 

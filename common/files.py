@@ -9,6 +9,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+_UMASK = os.umask(0)  # read once: the only way to read it is to set it
+os.umask(_UMASK)
+
 
 def sha256_file(path: str | Path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks so memory stays flat on large shards."""
@@ -23,12 +26,14 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call `write(tmp_path)` on a temporary file next to `path`, then rename it into place.
 
     The temporary file sits in the same folder so the rename is atomic; it is removed on any error.
+    The file gets the permissions a plain open() would give (mkstemp's are owner-only).
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,24 +1,28 @@
 """Raw store -> corpus folder: every stage of corpus/ composed, resumable and deterministic.
 
-    per book (process pool)   clean_book -> MinHash signature -> OUT/.cache/books/<key>.json
+    per book (an executor)    clean_book -> MinHash signature -> OUT/.cache/books/<key>.json
     global, streaming         near-duplicate books -> split by book -> exact-duplicate paragraphs
                               -> SentencePiece on train -> encode -> Parquet shards
-    last                      README.md, then manifest.json
+    last                      README.md, then manifest.json; then the new corpus replaces OUT
 
-Resumable: the per-book result is cached as JSON under a key made of the raw file's sha256, the
-cleaning config, the book id and a hash of the cleaning code, so a rerun after a crash (or a rerun
-on a raw store that gained books) only cleans what is new, and a change to the cleaning code
-invalidates the cache by itself. The tokenizer is cached the same way, keyed by its training input.
-The global stages are cheap and always rerun. Shards are written to temp names and renamed, and
-`manifest.json` is removed when a build starts and written last, so a half-built corpus never looks
-finished. Everything is deterministic: same raw store and config -> byte-identical shards.
+One build, two ways to run its per-book stage. `build_corpus` takes a `map_books(fn, books)`
+executor (as datatrove's pipelines take an executor): `ptgpt corpus build` passes `process_pool`,
+the Prefect flow in pipelines/ passes a mapper that runs one Prefect task per book. Everything else
+(validation, the global stages, the manifest, the swap) is this module's, whoever runs it.
 
-Memory: the build never holds the corpus text. The pool returns small summaries (counts and the
-MinHash signature); the text is read back from the cache one book at a time in each later pass.
+Nothing good is destroyed. Inputs are checked before any work (`check_build_inputs`); the corpus is
+built in a staging folder next to OUT (`.OUT.building`), manifest last, and only a complete one
+replaces OUT (`swap_in`), so a build that fails (bad input, full disk, a bug, a kill) leaves the
+previous corpus byte-identical.
 
-Each stage is a plain function (`process_book`, `clean_books`, `select_books`, `plan_paragraphs`,
-`train_corpus_tokenizer`, `write_shards`, `write_manifest`) so an orchestrator can call them one by
-one; `build_corpus` runs them all.
+Resumable: the per-book result is cached as JSON under OUT/.cache, keyed by the raw file's sha256,
+the cleaning config, the book id and a hash of the cleaning code, so a rerun after a crash (or on a
+raw store that gained books) only cleans what is new, and a change to the cleaning code invalidates
+the cache by itself. The tokenizer is cached the same way, keyed by its training input. The global
+stages are cheap and always rerun. Same raw store and config -> byte-identical shards.
+
+Memory: the build never holds the corpus text. The executor returns small summaries (counts and
+the MinHash signature); the text is read back from the cache one book at a time in each later pass.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -39,9 +43,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from common import corpus_format as fmt
+from common.errors import UserError, disk_error
+from common.files import atomic_write, write_json_atomic, write_text_atomic
 from corpus.clean import BookRejected, CleanConfig, CleanedBook, clean_book
 from corpus.dedup import DedupConfig, book_signature, dedup_paragraphs, find_near_duplicate_books
-from corpus.shards import ShardConfig, ShardWriter, sha256_file
+from corpus.shards import ShardConfig, ShardWriter
 from corpus.split import SPLITS, SplitConfig, split_books
 from corpus.tokenizer import (
     TokenizerConfig,
@@ -52,10 +59,11 @@ from corpus.tokenizer import (
     train_tokenizer,
 )
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-TOKENIZER_FILE = "tokenizer.model"
-CACHE_DIR = ".cache"
+SCHEMA_VERSION = fmt.SCHEMA_VERSION
+MANIFEST = fmt.MANIFEST_FILE
+TOKENIZER_FILE = fmt.TOKENIZER_FILE
+CACHE_DIR = fmt.CACHE_DIR
+MIN_VOCAB_SIZE = 256 + 4 + 1  # byte fallback's 256 pieces, 4 special ids, and at least one more piece
 # The per-book result depends on these modules' code: their bytes are part of the cache key.
 _CLEANING_MODULES = ("decode", "boilerplate", "normalize", "filters", "clean", "dedup")
 
@@ -106,13 +114,6 @@ _CODE_VERSION = _hash_cleaning_code()
 def cleaning_code_version() -> str:
     """Hash of the cleaning and signature code, so a code change invalidates cached books."""
     return _CODE_VERSION
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +172,82 @@ def list_raw_books(raw_dir: str | Path) -> list[RawBook]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Before any work: inputs that cannot give a corpus, and an OUT that must not be touched
+
+_CORPUS_ENTRIES = {fmt.MANIFEST_FILE, fmt.TOKENIZER_FILE, fmt.README_FILE, fmt.CACHE_DIR, *fmt.SPLITS}
+
+
+def is_corpus_folder(out_dir: str | Path) -> bool:
+    """Whether OUT may be (re)built: missing, empty, a ptgpt corpus, or what an unfinished build left."""
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        return True
+    if not out_dir.is_dir():
+        return False
+    names = {p.name for p in out_dir.iterdir()}
+    if fmt.MANIFEST_FILE in names:
+        return True
+    if not names <= _CORPUS_ENTRIES:
+        return False
+    readme = out_dir / fmt.README_FILE
+    return not readme.exists() or readme.read_text(encoding="utf-8", errors="replace").startswith(
+        "---\nlanguage:\n- pt\npretty_name: ptgpt"
+    )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_build_inputs(
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    raw_books: Sequence[RawBook] | None,
+    config: CorpusConfig,
+    *,
+    force: bool = False,
+    allow_empty_splits: bool = False,
+) -> None:
+    """Raise UserError for inputs that cannot give a corpus, before anything is read or written.
+
+    raw_books None: not known yet (a flow checks before it downloads them).
+    """
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    if _inside(out_dir, raw_dir):
+        raise UserError(
+            f"--out {out_dir} is the raw store {raw_dir} or lies inside it: choose another folder"
+        )
+    if _inside(raw_dir, out_dir):
+        raise UserError(f"the raw store {raw_dir} lies inside --out {out_dir}: choose another folder")
+    if not force and not is_corpus_folder(out_dir):
+        raise UserError(
+            f"--out {out_dir} is not empty and is not a ptgpt corpus: choose an empty folder, "
+            "or pass --force to build there (files that are not part of a corpus are kept)"
+        )
+    vocab = config.tokenizer.vocab_size
+    if vocab < MIN_VOCAB_SIZE:
+        raise UserError(
+            f"--vocab-size {vocab} is too small: byte fallback alone takes 256 ids and the special "
+            f"ids 4 more; use at least {MIN_VOCAB_SIZE} (8000 to 32000 for a real corpus)"
+        )
+    if raw_books is None:
+        return
+    if not raw_books:
+        raise UserError(f"no <id>.txt books in {raw_dir}: is it the folder `ptgpt scrape --out` wrote?")
+    n_books = len({b.book_id for b in raw_books})
+    if n_books < len(SPLITS) and not allow_empty_splits:
+        raise UserError(_too_few_books(n_books, f"{raw_dir} holds"))
+
+
+def _too_few_books(n: int, where: str) -> str:
+    return (
+        f"{where} {n} book(s), but train, validation and test need at least one each: "
+        f"{len(SPLITS)} books or more (add books, or pass --allow-empty-splits)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Per book: clean, sign, cache
 
 
@@ -191,6 +268,7 @@ class BookSummary:
     encoding: str | None = None
     drops: dict[str, int] = field(default_factory=dict)
     signature: list[int] = field(default_factory=list)
+    cached: bool = False  # read from the cache, not cleaned by this call
 
 
 def book_cache_key(raw_sha256: str, book_id: int, config: CorpusConfig) -> str:
@@ -210,7 +288,8 @@ def process_book(raw: RawBook, config: CorpusConfig, cache_dir: str | Path) -> B
     data = raw.path.read_bytes()
     key = book_cache_key(hashlib.sha256(data).hexdigest(), raw.book_id, config)
     cache_file = Path(cache_dir) / "books" / f"{key}.json"
-    if cache_file.exists():
+    cached = cache_file.exists()
+    if cached:
         entry = json.loads(cache_file.read_text(encoding="utf-8"))
     else:
         try:
@@ -225,8 +304,9 @@ def process_book(raw: RawBook, config: CorpusConfig, cache_dir: str | Path) -> B
         except Exception as e:  # a bug, not a bad book: stop loudly, naming the file
             raise RuntimeError(f"cleaning {raw.path} failed: {type(e).__name__}: {e}") from e
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(cache_file, json.dumps(entry, ensure_ascii=False).encode("utf-8"))
+        write_json_atomic(cache_file, entry, indent=None)
     summary = BookSummary(raw.key, raw.book_id, str(cache_file), entry["status"], entry.get("reason"))
+    summary.cached = cached
     if entry["status"] == "ok":
         book = entry["book"]
         meta = book.get("metadata") or {}
@@ -243,8 +323,41 @@ def process_book(raw: RawBook, config: CorpusConfig, cache_dir: str | Path) -> B
     return summary
 
 
-def _process_book_args(args: tuple[RawBook, CorpusConfig, str]) -> BookSummary:
-    return process_book(*args)
+@dataclass
+class BookCleaner:
+    """The per-book step of a build as one picklable callable, so any executor can ship it."""
+
+    config: CorpusConfig
+    cache_dir: str
+
+    def __call__(self, raw: RawBook) -> BookSummary:
+        return process_book(raw, self.config, self.cache_dir)
+
+
+# An executor of the per-book stage: fn over every book, results in input order. A failure of any
+# call must raise (a bug is never one book's problem).
+BookMapper = Callable[[Callable[[RawBook], BookSummary], Sequence[RawBook]], list[BookSummary]]
+
+
+def process_pool(workers: int | None = None, progress: bool = True) -> BookMapper:
+    """The plain executor: a process pool of `workers` (in this process for 1), with a progress bar."""
+    workers = workers or os.cpu_count() or 1
+
+    def map_books(fn: Callable[[RawBook], BookSummary], books: Sequence[RawBook]) -> list[BookSummary]:
+        out: list[BookSummary] = []
+        with tqdm(total=len(books), desc="clean", unit="book", disable=not progress, file=sys.stderr) as bar:
+            if workers == 1:
+                for book in books:
+                    out.append(fn(book))
+                    bar.update()
+                return out
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for summary in pool.map(fn, books, chunksize=1):
+                    out.append(summary)
+                    bar.update()
+        return out
+
+    return map_books
 
 
 def clean_books(
@@ -255,24 +368,7 @@ def clean_books(
     progress: bool = True,
 ) -> list[BookSummary]:
     """`process_book` over all books in a process pool; summaries come back in input order."""
-    workers = workers or os.cpu_count() or 1
-    jobs = [(raw, config, str(cache_dir)) for raw in raw_books]
-    bar = tqdm(total=len(jobs), desc="clean", unit="book", disable=not progress, file=sys.stderr)
-    try:
-        if workers == 1:
-            out = []
-            for job in jobs:
-                out.append(_process_book_args(job))
-                bar.update()
-            return out
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            out = []
-            for summary in pool.map(_process_book_args, jobs, chunksize=1):
-                out.append(summary)
-                bar.update()
-            return out
-    finally:
-        bar.close()
+    return process_pool(workers, progress)(BookCleaner(config, str(cache_dir)), raw_books)
 
 
 def read_cleaned_book(summary: BookSummary) -> CleanedBook:
@@ -390,9 +486,7 @@ def train_corpus_tokenizer(
             text = every_kth(text, total_chars, config.tokenizer.max_training_chars)
         train_tokenizer(text, cached.with_suffix(""), config.tokenizer)
     out = Path(out_dir) / TOKENIZER_FILE
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.copyfile(cached, tmp)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: shutil.copyfile(cached, tmp))
     return out
 
 
@@ -454,48 +548,31 @@ def make_manifest(
 ) -> dict:
     out_dir = Path(out_dir)
     tok = tokenizer_info(out_dir / TOKENIZER_FILE, config.tokenizer)
-    splits = {}
-    for split in SPLITS:
-        entries = shards.get(split, [])
-        splits[split] = {
-            "rows": sum(e["rows"] for e in entries),
-            "tokens": sum(e["tokens"] for e in entries),
-            "bytes": sum(e["bytes"] for e in entries),
-            "books": selection.splits[split],
-            "shards": entries,
-        }
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "tokenizer": {"file": TOKENIZER_FILE, "sha256": sha256_file(out_dir / TOKENIZER_FILE), **tok},
-        "splits": splits,
-        "books": {
+    return fmt.make_manifest(
+        fmt.tokenizer_entry(out_dir, **tok),
+        {split: fmt.split_entry(selection.splits[split], shards.get(split, [])) for split in SPLITS},
+        books={
             "raw_files": len(summaries),
             "kept": len(selection.kept),
             "near_duplicates": selection.near_duplicates,
             "rejected": selection.rejected,
         },
-        "drops": drop_counts(summaries, selection, duplicate_paragraphs),
-        "config": config.to_dict(),
-        "code_version": cleaning_code_version(),
-        "source": {"raw_dir": str(Path(raw_dir).resolve())},
-        "build": build_info,  # times: the only part that differs between two builds of one input
-    }
-
-
-def write_manifest(out_dir: str | Path, manifest: dict) -> Path:
-    """Write manifest.json atomically; call it last, its presence marks the corpus complete."""
-    path = Path(out_dir) / MANIFEST
-    _write_atomic(path, (json.dumps(manifest, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
-    return path
+        drops=drop_counts(summaries, selection, duplicate_paragraphs),
+        config=config.to_dict(),
+        code_version=cleaning_code_version(),
+        source={"raw_dir": str(Path(raw_dir).resolve())},
+        build=build_info,  # times: the only part that differs between two builds of one input
+    )
 
 
 def load_manifest(out_dir: str | Path) -> dict:
+    """The manifest of a finished corpus; FileNotFoundError when OUT has none (yet)."""
     path = Path(out_dir) / MANIFEST
     if not path.exists():
         raise FileNotFoundError(
             f"{path} not found: {out_dir} is not a finished corpus (build it, or rerun the build)"
         )
-    return json.loads(path.read_text(encoding="utf-8"))
+    return fmt.read_manifest(out_dir)
 
 
 def dataset_card(manifest: dict) -> str:
@@ -588,19 +665,47 @@ def dataset_card(manifest: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# Staging and the swap: only a complete corpus ever replaces OUT
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """Where a build writes: a hidden folder next to OUT, on the same file system (renames are atomic)."""
+    return out_dir.with_name(f".{out_dir.name}.building")
+
+
+def _previous_dir(out_dir: Path) -> Path:
+    return out_dir.with_name(f".{out_dir.name}.previous")
+
+
+def swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace OUT by the finished corpus in `staging`; OUT's other entries (.cache, ...) move over.
+
+    Two renames: OUT -> .OUT.previous, staging -> OUT. A crash between them leaves the old corpus
+    whole in .OUT.previous, and `finish_interrupted_swap` (run by every build) puts it back.
+    """
+    previous = _previous_dir(out_dir)
+    if out_dir.exists():
+        os.rename(out_dir, previous)
+    os.rename(staging, out_dir)
+    finish_interrupted_swap(out_dir)
+
+
+def finish_interrupted_swap(out_dir: Path) -> None:
+    """Complete or undo a swap that a crash cut short, so OUT is one whole corpus again."""
+    previous = _previous_dir(out_dir)
+    if not previous.exists():
+        return
+    if not out_dir.exists():  # cut between the two renames: the old corpus comes back
+        os.rename(previous, out_dir)
+        return
+    for entry in previous.iterdir():  # the new corpus is in place: keep what is not replaced
+        if not (out_dir / entry.name).exists():
+            os.rename(entry, out_dir / entry.name)
+    shutil.rmtree(previous)
+
+
+# ---------------------------------------------------------------------------------------------
 # Everything
-
-
-def _clear_outputs(out_dir: Path) -> None:
-    """Remove the manifest first (the corpus is no longer complete), then old shards and temp files."""
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    for split in SPLITS:
-        d = out_dir / split
-        if d.is_dir():
-            for p in list(d.glob("part-*.parquet")) + list(d.glob(".part-*.tmp")):
-                p.unlink()
-    for p in out_dir.glob(".*.tmp"):
-        p.unlink()
 
 
 def build_corpus(
@@ -610,45 +715,121 @@ def build_corpus(
     workers: int | None = None,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    *,
+    raw_books: Sequence[RawBook] | None = None,
+    map_books: BookMapper | None = None,
+    build_info: dict | None = None,
+    source: str | None = None,
+    force: bool = False,
+    allow_empty_splits: bool = False,
 ) -> dict:
-    """Build the corpus folder from a raw store; returns the manifest (also written to OUT)."""
+    """Build the corpus folder OUT from a raw store; returns the manifest (also written to OUT).
+
+    raw_books: the books to use (default: every book of the raw store). map_books: the executor of
+    the per-book stage (default: `process_pool(workers, progress)`). build_info: extra entries for
+    the manifest's `build` (a flow adds its run id, `stage_seconds` its download time). source: where
+    the raw store's books came from, recorded in the manifest. force: build into a non-empty OUT
+    that is not a corpus. allow_empty_splits: build from fewer than 3 books.
+    Raises UserError for bad input or a full or read-only disk; OUT is then left as it was.
+    """
     config = config or CorpusConfig()
     out_dir = Path(out_dir)
-    cache_dir = Path(cache_dir) if cache_dir else out_dir / CACHE_DIR
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _clear_outputs(out_dir)
+    if not Path(raw_dir).is_dir():
+        raise UserError(f"raw store not found: {raw_dir} (run `ptgpt scrape --out {raw_dir}` first)")
+    if raw_books is None:
+        raw_books = list_raw_books(raw_dir)
+    check_build_inputs(
+        raw_dir, out_dir, raw_books, config, force=force, allow_empty_splits=allow_empty_splits
+    )
+    out_dir = out_dir.resolve()  # "." has no name to put a staging folder next to; a link, its target
+    finish_interrupted_swap(out_dir)
+    staging = staging_dir(out_dir)
+    try:
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed build left
+        staging.mkdir(parents=True)
+        cache_dir = Path(cache_dir) if cache_dir else out_dir / CACHE_DIR
+        map_books = map_books or process_pool(workers, progress)
+        manifest = _build(
+            raw_dir,
+            staging,
+            config,
+            list(raw_books),
+            cache_dir,
+            workers,
+            progress,
+            map_books,
+            dict(build_info or {}),
+            allow_empty_splits,
+        )
+        if source is not None:
+            manifest["source"]["source"] = source
+        fmt.write_manifest(staging, manifest)  # last: the staged corpus is complete
+        swap_in(staging, out_dir)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        user_error = disk_error(e, out_dir)
+        if user_error is None:
+            raise
+        raise user_error from e
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _build(
+    raw_dir: str | Path,
+    out_dir: Path,
+    config: CorpusConfig,
+    raw_books: list[RawBook],
+    cache_dir: Path,
+    workers: int | None,
+    progress: bool,
+    map_books: BookMapper,
+    build_info: dict,
+    allow_empty_splits: bool,
+) -> dict:
+    """The stages, writing into `out_dir` (the staging folder); returns the manifest to write."""
     t0 = time.perf_counter()
-    times: dict[str, float] = {}
+    earlier: dict[str, float] = build_info.pop("stage_seconds", {})  # e.g. a flow's download
+    times = dict(earlier)
 
     def lap(stage: str, start: float) -> float:
         now = time.perf_counter()
         times[stage] = round(now - start, 3)
         return now
 
-    raw_books = list_raw_books(raw_dir)
-    if not raw_books:
-        raise ValueError(f"no <id>.txt books in {raw_dir}")
     t = time.perf_counter()
-    summaries = clean_books(raw_books, config, cache_dir, workers, progress)
+    summaries = map_books(BookCleaner(config, str(cache_dir)), raw_books)
     t = lap("clean", t)
     selection = select_books(summaries, config)
     if not selection.kept:
-        raise ValueError("every book was rejected; nothing to build (see the cache for reasons)")
+        reasons = Counter(selection.rejected.values())
+        raise UserError(
+            f"every one of the {len(summaries)} books of {raw_dir} was rejected "
+            f"({', '.join(f'{k}: {v}' for k, v in reasons.most_common())}): nothing to build"
+        )
     t = lap("select", t)
     selection, keep, duplicate_paragraphs = plan_paragraphs(selection, config, progress)
+    if not allow_empty_splits and not all(selection.splits.values()):
+        raise UserError(_too_few_books(len(selection.kept), "after cleaning and deduplication it keeps"))
     t = lap("dedup_paragraphs", t)
-    tokenizer_path = train_corpus_tokenizer(selection, keep, config, out_dir, cache_dir)
+    try:
+        tokenizer_path = train_corpus_tokenizer(selection, keep, config, out_dir, cache_dir)
+    except RuntimeError as e:
+        if "SentencePiece" not in str(e):
+            raise
+        raise UserError(f"{e} (--vocab-size {config.tokenizer.vocab_size})") from e
     t = lap("tokenizer", t)
     shards = write_shards(selection, keep, tokenizer_path, out_dir, config, workers, progress)
     t = lap("shards", t)
-    build_info = {
+    info = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(time.perf_counter() - t0, 3),
+        "seconds": round(time.perf_counter() - t0 + sum(earlier.values()), 3),
         "stage_seconds": times,
     }
     manifest = make_manifest(
-        raw_dir, out_dir, config, summaries, selection, duplicate_paragraphs, shards, build_info
+        raw_dir, out_dir, config, summaries, selection, duplicate_paragraphs, shards, {**info, **build_info}
     )
-    _write_atomic(out_dir / "README.md", dataset_card(manifest).encode("utf-8"))
-    write_manifest(out_dir, manifest)
+    write_text_atomic(out_dir / fmt.README_FILE, dataset_card(manifest))
     return manifest

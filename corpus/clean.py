@@ -8,6 +8,7 @@ over a process pool; the language identifier is loaded lazily once per process.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -59,6 +60,26 @@ class CleanedBook:
             yield self.book_id, i, text
 
 
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0e-\x1a\x1c-\x1f]")  # never in a text file, save a stray one
+
+
+def reject_non_text(raw: bytes) -> None:
+    """Raise BookRejected with the true reason for a file that is no text at all.
+
+    Decoding would otherwise turn any bytes into some 8-bit "text" and the file would be rejected
+    later for the wrong reason (`no_start_marker`).
+    """
+    if not raw.strip():
+        raise BookRejected("empty_file", f"{len(raw)} bytes, none of them text")
+    head = raw[:65536]
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        raise BookRejected(
+            "not_text", "UTF-16 or binary data (NUL bytes); Gutenberg texts are UTF-8 or 8-bit"
+        )
+    if len(_CONTROL_BYTES.findall(head)) > len(head) // 100:
+        raise BookRejected("not_text", "binary data: more than 1% control bytes")
+
+
 def clean_book(
     raw: bytes, book_id: int, config: CleanConfig | None = None, timings: dict[str, float] | None = None
 ) -> CleanedBook:
@@ -66,6 +87,7 @@ def clean_book(
 
     `timings`, when given, accumulates seconds per stage (decode, strip, normalize, filter) for benches."""
     config = config or CleanConfig()
+    reject_non_text(bytes(raw))
     clock = time.process_time  # CPU seconds: robust to other processes sharing the cores
     t0 = clock()
     decoded = decode_gutenberg(raw)

@@ -8,7 +8,6 @@ temporary name and renamed when closed; its sha256 and counts are returned for t
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,17 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA = pa.schema(
-    [
-        ("book_id", pa.int32()),
-        ("paragraph_index", pa.int32()),
-        ("title", pa.string()),
-        ("author", pa.string()),
-        ("text", pa.string()),
-        ("tokens", pa.list_(pa.int32())),
-        ("n_bytes", pa.int32()),
-    ]
-)
+from common import corpus_format as fmt
+
+SCHEMA = fmt.SHARD_SCHEMA  # docs/formats.md; defined once in common/corpus_format.py
 
 
 @dataclass(frozen=True)
@@ -36,14 +27,6 @@ class ShardConfig:
     shard_text_bytes: int = 32 * 2**20  # start a new shard after a book once this much text is written
     compression: str = "zstd"
     compression_level: int = 3
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ShardWriter:
@@ -62,10 +45,10 @@ class ShardWriter:
         self._writer: pq.ParquetWriter | None = None
         self._tmp: Path | None = None
         self._rows: dict[str, list] = {name: [] for name in SCHEMA.names}
-        self._stats = dict(rows=0, tokens=0, bytes=0, row_groups=0)
+        self._stats = dict(rows=0, tokens=0, bytes=0)
 
     def _open(self) -> None:
-        name = f"part-{len(self.shards):05d}.parquet"
+        name = Path(fmt.shard_file(self.split, len(self.shards))).name
         self._tmp = self.root / self.split / f".{name}.tmp"
         self._writer = pq.ParquetWriter(
             self._tmp,
@@ -74,7 +57,7 @@ class ShardWriter:
             compression_level=self.config.compression_level,
             write_statistics=["book_id", "paragraph_index", "n_bytes"],
         )
-        self._stats = dict(rows=0, tokens=0, bytes=0, row_groups=0)
+        self._stats = dict(rows=0, tokens=0, bytes=0)
 
     def _flush(self, final: bool = False) -> None:
         n = self.config.row_group_rows
@@ -83,7 +66,6 @@ class ShardWriter:
             self._rows = {k: v[n:] for k, v in self._rows.items()}
             assert self._writer is not None
             self._writer.write_table(pa.Table.from_pydict(chunk, schema=SCHEMA), row_group_size=n)
-            self._stats["row_groups"] += 1
 
     def add_book(
         self,
@@ -125,8 +107,9 @@ class ShardWriter:
         assert self._tmp is not None
         final = self._tmp.with_name(self._tmp.name[1 : -len(".tmp")])
         os.replace(self._tmp, final)
+        s = self._stats
         self.shards.append(
-            {"file": f"{self.split}/{final.name}", **self._stats, "sha256": sha256_file(final)}
+            fmt.shard_entry(self.root, f"{self.split}/{final.name}", s["rows"], s["tokens"], s["bytes"])
         )
         self._writer = None
         self._tmp = None

@@ -23,13 +23,14 @@ Choices, measured on these books:
 from __future__ import annotations
 
 import io
-import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import sentencepiece as spm
+
+from common.files import write_bytes_atomic
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 PARAGRAPH_BREAK = "\n\n"
@@ -116,9 +117,7 @@ def train_tokenizer(paragraphs: Iterable[str], out_prefix: str | Path, config: T
             f"SentencePiece training failed: {e}. vocab_size must fit the training text: at least the "
             "256 byte pieces + 4 specials + the characters covered, at most what the text can yield"
         ) from e
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(model.getvalue())
-    os.replace(tmp, out)
+    write_bytes_atomic(out, model.getvalue())
     return out
 
 

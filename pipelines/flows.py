@@ -6,7 +6,7 @@
     train-model        a built corpus -> training.train.train (resumes from the run's checkpoints)
     corpus-and-train   the two in sequence
 
-Run in-process (`python -m pipelines.flows SOURCE OUT`, `ptgpt build`) or as deployments
+Run in-process (`python -m pipelines.flows SOURCE OUT`, `ptgpt fetch-and-build`) or as deployments
 (prefect.yaml entrypoints `pipelines/flows.py:build_corpus_flow`, `...:train_model_flow`,
 `...:corpus_and_train_flow`).
 
@@ -22,11 +22,15 @@ with `.with_options(task_runner=...)`, so a deployment parameter can choose it. 
 workers, which ship each task and its context), so the remote runners pay off with real cores to
 spread over, not on a laptop; see bench/bench_pipeline.py.
 
+One build. The flow is wiring: `scraping.scrape.iter_scrape` with a mapper that runs one
+download-book task per book, then `corpus.build.build_corpus` with a mapper that runs one
+clean-book task per book. Validation, the global stages, the staging folder and the manifest are
+the build's, exactly as in `ptgpt corpus build`, so both give the same shards from the same books.
+
 Reruns. The raw store skips books it holds with a verified sha256; cleaning is cached on content
-(see pipelines/tasks.py), the tokenizer on its exact input; the global passes rerun. So rerunning a
-flow after a crash, or after it finished, redoes only what is missing and ends with the same
-manifest (only its `build` timings differ). `manifest.json` is deleted when a build starts and
-written last.
+(corpus/build.py's per-book cache), the tokenizer on its exact input; the global passes rerun. So
+rerunning a flow after a crash, or after it finished, redoes only what is missing and ends with the
+same manifest (only its `build` timings differ). A failed run leaves the previous corpus untouched.
 
 Defaults: the raw store of `build-corpus` is `raw` or, unset, the folder `raw` next to OUT
 (out=data/corpus -> data/raw, the scraper's default), so corpora built from one source share their
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -46,13 +51,13 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ProcessPoolTaskRunner, TaskRunner, ThreadPoolTaskRunner
 from prefect.utilities.annotations import unmapped
 
+from common.errors import UserError
 from corpus import build as cb
-from corpus.build import BookSummary, CorpusConfig, RawBook
+from corpus.build import BookCleaner, BookSummary, CorpusConfig, RawBook
 from corpus.tokenizer import TokenizerConfig
 from pipelines import artifacts, tasks
 from scraping.http import FetchConfig, FetchError
-from scraping.scrape import ScrapeConfig, make_client
-from scraping.store import RawStore
+from scraping.scrape import ScrapeConfig, ScrapeSummary, iter_scrape
 from training.config import ConfigError, TrainConfig  # no torch: the train parameters' defaults
 
 DOWNLOAD_THREADS = 4  # downloads in flight; the shared limiter still spaces request starts by 1/rate
@@ -88,6 +93,19 @@ def default_raw_dir(out: str | Path) -> Path:
 
 
 # -- build-corpus ------------------------------------------------------------------------------------
+def _download_tasks(fetch, books):
+    """scraping's per-book executor in a flow: one retrying download-book task per book, on threads."""
+    progress = artifacts.Progress("download-progress", len(books), "books downloaded")
+    futures = {tasks.download_book.submit(book, fetch): book for book in books}
+    for future in as_completed(list(futures)):
+        try:
+            result = future.result()
+        except FetchError as error:  # this book's failure: reported, the run goes on
+            result = error
+        progress.advance()
+        yield futures[future], result
+
+
 @flow(
     name="download-books",
     task_runner=ThreadPoolTaskRunner(max_workers=DOWNLOAD_THREADS),
@@ -99,34 +117,21 @@ def download_books_flow(
     """Discover the books and store each in the raw store; a book that fails is reported, not fatal."""
     logger = get_run_logger()
     config = ScrapeConfig(source=source, out=Path(raw), ids=ids, limit=limit, fetch=FetchConfig(rate=rate))
-    store = RawStore(raw)
-    with make_client(config) as client:
-        books = tasks.discover_books(config, client)
-        progress = artifacts.Progress("download-progress", len(books), "books downloaded")
-        futures = {tasks.download_book.submit(book, config, client, store): book for book in books}
-        outcomes: dict[int, dict] = {}
-        for future in as_completed(list(futures)):
-            book = futures[future]
-            # A FetchError is this book's failure: reported, the run goes on. Anything else (disk
-            # full, a bug) is no book's fault and fails the stage.
-            try:
-                stored = future.result()
-            except FetchError as error:
-                logger.warning("book %d failed: %s", book.id, error)
-                outcomes[book.id] = tasks.outcome_record(book, "failed", error=str(error))
-            else:
-                outcomes[book.id] = tasks.outcome_record(book, "downloaded" if stored else "skipped", stored)
-            progress.advance()
-    store.compact()
-    table = [outcomes[b.id] for b in books]
+    summary = ScrapeSummary()
+    outcomes = []
+    for outcome in iter_scrape(config, summary, _download_tasks, tasks.discover_books):
+        if outcome.outcome == "failed":
+            logger.warning("book %d failed: %s", outcome.book_id, outcome.error)
+        outcomes.append(asdict(outcome))
+    table = sorted(outcomes, key=lambda o: o["book_id"])
     artifacts.books_table(table)
     result = {
-        "found": len(books),
-        "downloaded": sum(o["outcome"] == "downloaded" for o in table),
-        "skipped": sum(o["outcome"] == "skipped" for o in table),
-        "failed": [{"id": o["book_id"], "error": o["error"]} for o in table if o["outcome"] == "failed"],
-        "bytes": sum(o["bytes"] for o in table),
-        "stored_ids": [o["book_id"] for o in table if o["outcome"] != "failed"],
+        "found": summary.found,
+        "downloaded": summary.downloaded,
+        "skipped": summary.skipped,
+        "failed": [{"id": book_id, "error": error} for book_id, error in sorted(summary.failed)],
+        "bytes": summary.bytes,
+        "stored_ids": sorted(o["book_id"] for o in outcomes if o["outcome"] != "failed"),
     }
     logger.info(
         "%d books: %d downloaded, %d already stored, %d failed",
@@ -139,23 +144,30 @@ def download_books_flow(
 
 
 @flow(name="clean-books", validate_parameters=False)
-def clean_books_flow(raw_books: list[RawBook], config: CorpusConfig, cache_dir: str) -> list[BookSummary]:
+def clean_books_flow(raw_books: list[RawBook], clean: BookCleaner) -> list[BookSummary]:
     """Clean every book on this subflow's task runner; summaries in input order. Any failure fails it."""
-    futures = tasks.clean_book.map(raw_books, unmapped(config), unmapped(cache_dir))
+    futures = tasks.clean_book.map(raw_books, unmapped(clean))
     progress = artifacts.Progress("clean-progress", len(futures), "books cleaned")
     for _ in as_completed(futures):
         progress.advance()
     summaries = [f.result() for f in futures]  # raises the first failure: the flow run ends Failed
-    for i, s in enumerate(summaries):
-        if not Path(s.cache_file).exists():  # a Prefect cache that outlived OUT/.cache: clean again
-            summaries[i] = cb.process_book(raw_books[i], config, cache_dir)
     get_run_logger().info(
-        "%d books cleaned: %d ok, %d rejected",
+        "%d books cleaned: %d ok, %d rejected, %d from the cache",
         len(summaries),
         sum(s.status == "ok" for s in summaries),
         sum(s.status != "ok" for s in summaries),
+        sum(s.cached for s in summaries),
     )
     return summaries
+
+
+def clean_tasks(runner: TaskRunner) -> cb.BookMapper:
+    """corpus's per-book executor in a flow: the clean-books subflow, one task per book, on `runner`."""
+
+    def map_books(clean: BookCleaner, raw_books) -> list[BookSummary]:
+        return clean_books_flow.with_options(task_runner=runner)(list(raw_books), clean)
+
+    return map_books
 
 
 @flow(name="build-corpus", log_prints=True)
@@ -166,6 +178,7 @@ def build_corpus_flow(
     limit: int | None = None,
     ids: list[int] | None = None,
     vocab_size: int = 32000,
+    model_type: str = "bpe",
     workers: int | None = None,
     rate: float = 1.0,
     task_runner: str = "threads",
@@ -176,57 +189,47 @@ def build_corpus_flow(
     source: Gutenberg-layout site (https://www.gutenberg.org, a mirror) or a folder of <id>.txt.
     out: the corpus folder. raw: the raw store (default: `raw` next to OUT).
     limit / ids: the first `limit` books found, or exactly these ebook numbers.
-    vocab_size: SentencePiece vocabulary. workers: cleaning workers (threads, processes or Dask
-    workers) and encoding threads. rate: requests per second per host (0: no limit, own mirrors).
-    task_runner: "threads", "processes" or "dask" for the per-book cleaning; dask_address: an
-    existing scheduler (default: a LocalCluster of `workers` processes).
+    vocab_size, model_type: the SentencePiece model ("bpe" or "unigram"). workers: cleaning workers
+    (threads, processes or Dask workers) and encoding threads. rate: requests per second per host
+    (0: no limit, own mirrors). task_runner: "threads", "processes" or "dask" for the per-book
+    cleaning; dask_address: an existing scheduler (default: a LocalCluster of `workers` processes).
     Returns a summary: books, and rows/tokens/books per split.
     """
     logger = get_run_logger()
     runner = make_task_runner(task_runner, workers, dask_address)  # bad values fail before any work
-    t0 = time.perf_counter()
     out_dir = Path(out)
     raw_dir = Path(raw) if raw else default_raw_dir(out)
-    cache_dir = out_dir / cb.CACHE_DIR
-    config = CorpusConfig(tokenizer=TokenizerConfig(vocab_size=vocab_size))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cb._clear_outputs(out_dir)  # no manifest until this build has finished
+    config = CorpusConfig(tokenizer=TokenizerConfig(vocab_size=vocab_size, model_type=model_type))
+    cb.check_build_inputs(raw_dir, out_dir, None, config)  # before any download
     logger.info("building %s from %s (raw store %s, cleaning on %s)", out_dir, source, raw_dir, task_runner)
-    times: dict[str, float] = {}
 
+    t0 = time.perf_counter()
     download = download_books_flow(source, str(raw_dir), limit, ids, rate)
-    times["download"] = round(time.perf_counter() - t0, 3)
     wanted = set(download["stored_ids"])
     raw_books = [b for b in cb.list_raw_books(raw_dir) if b.book_id in wanted]
     if not raw_books:
-        raise ValueError(f"no book of {source} could be stored in {raw_dir}; nothing to build")
-
-    t = time.perf_counter()
-    summaries = clean_books_flow.with_options(task_runner=runner)(raw_books, config, str(cache_dir))
-    times["clean"] = round(time.perf_counter() - t, 3)
-    plan = tasks.dedup_and_split(summaries, config)
-    times.update(plan.seconds)
-    t = time.perf_counter()
-    tokenizer_path = tasks.train_tokenizer(plan, config, str(out_dir), str(cache_dir))
-    times["tokenizer"] = round(time.perf_counter() - t, 3)
-    t = time.perf_counter()
-    shards = tasks.write_shards(plan, tokenizer_path, str(out_dir), config, workers)
-    times["shards"] = round(time.perf_counter() - t, 3)
+        raise UserError(f"no book of {source} could be stored in {raw_dir}; nothing to build")
     build_info = {
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-        "seconds": round(time.perf_counter() - t0, 3),
-        "stage_seconds": times,
+        "stage_seconds": {"download": round(time.perf_counter() - t0, 3)},
         "flow_run_id": str(flow_run.get_id() or ""),
         "task_runner": task_runner,
     }
-    manifest = tasks.write_manifest(
-        str(raw_dir), str(out_dir), source, config, summaries, plan, shards, build_info
+    manifest = cb.build_corpus(
+        raw_dir,
+        out_dir,
+        config,
+        workers,
+        progress=False,
+        raw_books=raw_books,
+        map_books=clean_tasks(runner),
+        build_info=build_info,
+        source=source,
     )
 
     words = artifacts.split_words(out_dir, manifest)
     artifacts.drops_table(manifest)
     summary_text = artifacts.corpus_summary(manifest, words, download)
-    logger.info("corpus finished in %.1f s\n%s", build_info["seconds"], summary_text)
+    logger.info("corpus finished in %.1f s\n%s", manifest["build"]["seconds"], summary_text)
     return corpus_result(manifest, download, words, out_dir, raw_dir)
 
 
@@ -338,6 +341,7 @@ def corpus_and_train_flow(
     limit: int | None = None,
     ids: list[int] | None = None,
     vocab_size: int = 32000,
+    model_type: str = "bpe",
     workers: int | None = None,
     rate: float = 1.0,
     task_runner: str = "threads",
@@ -356,6 +360,7 @@ def corpus_and_train_flow(
         limit=limit,
         ids=ids,
         vocab_size=vocab_size,
+        model_type=model_type,
         workers=workers,
         rate=rate,
         task_runner=task_runner,

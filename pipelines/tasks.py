@@ -1,18 +1,16 @@
-"""Prefect tasks wrapping the stage functions of scraping/, corpus/ and training/.
+"""Prefect tasks wrapping the per-book steps of scraping/ and corpus/, and the trainer.
 
-The stages stay Prefect-free; a task here is a thin call into one of them, plus what Prefect adds:
-retries, logging through the run logger, and caching keyed on content so that a rerun (after a
-crash, or of a finished build) reuses work instead of redoing it.
+The stages stay Prefect-free and own their loops (`scraping.scrape.iter_scrape`,
+`corpus.build.build_corpus`); a task here is a thin call into one per-book step, plus what Prefect
+adds: retries, logging through the run logger, and one task run per book in the UI.
 
-How reuse works, stage by stage:
+How reuse works:
 - download: `fetch_book` skips a book whose stored copy matches the sha256 in the raw store's
-  manifest, so a rerun only fetches what is missing. No Prefect cache: the store is the record.
-- clean: Prefect cache keyed on the raw file's sha256, the book id and key, the cleaning config and
-  the cleaning code version (the same key as corpus/build.py's per-book JSON cache), plus the cache
-  folder. Results are persisted, so a rerun's clean tasks end `Cached` without running; the JSON
-  cache underneath makes even a run with a fresh Prefect home skip the actual cleaning.
-- tokenizer: corpus/build.py caches the model by a digest of its exact training input.
-- select, dedup, shards, manifest: cheap global passes that always rerun (deterministic).
+  manifest, so a rerun only fetches what is missing. The store is the record.
+- clean: corpus/build.py's per-book JSON cache (keyed on the raw file's sha256, the book id, the
+  cleaning config and code) is the only cache. A book read from it ends its task run `Cached`.
+- tokenizer: corpus/build.py caches the model by a digest of its exact input; the global passes
+  rerun (deterministic).
 
 Tasks live in this module (not in flows.py) so Dask workers, which unpickle them by reference,
 import them as `pipelines.tasks` however the flow file itself was loaded.
@@ -20,41 +18,22 @@ import them as `pipelines.tasks` however the flow file itself was loaded.
 
 from __future__ import annotations
 
-import hashlib
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
 
-from corpus import build as cb
-from corpus.build import BookSelection, BookSummary, CorpusConfig, RawBook
+from corpus.build import BookCleaner, BookSummary, RawBook
 from scraping.catalog import BookRecord
 from scraping.http import FetchError, PoliteClient
-from scraping.scrape import ScrapeConfig, ScrapeSummary, discover, fetch_book
-from scraping.store import RawStore
+from scraping.scrape import ScrapeConfig, ScrapeSummary, discover
 
 # Fetch errors that another attempt cannot fix: the book is not there, or is not a text.
 PERMANENT_FETCH_ERRORS = {"http_404", "http_410", "not_found", "html_not_text", "binary_body", "empty_body"}
 
 
 # -- download ----------------------------------------------------------------------------------------
-@dataclass
-class DownloadOutcome:
-    """What happened to one book: `downloaded`, `skipped` (already stored and verified) or `failed`."""
-
-    book_id: int
-    title: str | None
-    outcome: str
-    bytes: int = 0
-    error: str | None = None
-
-
-def outcome_record(book: BookRecord, outcome: str, stored: int = 0, error: str | None = None) -> dict:
-    return asdict(DownloadOutcome(book.id, book.title, outcome, stored, error))
-
-
 def _retry_transient(task, task_run, state) -> bool:
     """Retry only faults another attempt might fix: a missing book or a bad source stays missing."""
     try:
@@ -73,9 +52,8 @@ def _retry_transient(task, task_run, state) -> bool:
     retry_condition_fn=_retry_transient,
     cache_policy=NO_CACHE,
 )
-def discover_books(config: ScrapeConfig, client: PoliteClient) -> list[BookRecord]:
+def discover_books(config: ScrapeConfig, client: PoliteClient, summary: ScrapeSummary) -> list[BookRecord]:
     """The books to fetch (catalog or folder listing, then ids/limit)."""
-    summary = ScrapeSummary()
     books = discover(config, client, summary)
     get_run_logger().info("discovered %d books in %s", len(books), config.source)
     return books
@@ -89,116 +67,25 @@ def discover_books(config: ScrapeConfig, client: PoliteClient) -> list[BookRecor
     cache_policy=NO_CACHE,
     task_run_name="download-{book.id}",
 )
-def download_book(book: BookRecord, config: ScrapeConfig, client: PoliteClient, store: RawStore) -> int:
+def download_book(book: BookRecord, fetch: Callable[[BookRecord], int]) -> int:
     """Store one book in the raw store; bytes stored, 0 when a verified copy was already there.
 
-    Runs on threads of the flow process only: every request goes through the one shared
+    Runs on threads of the flow process only: `fetch` sends every request through the run's one
     PoliteClient, whose per-host limiter is what keeps the politeness rate.
     """
-    stored = fetch_book(book, config, client, store)
+    stored = fetch(book)
     if stored:
         get_run_logger().info("book %d: %d bytes", book.id, stored)
     return stored
 
 
 # -- clean (per book) --------------------------------------------------------------------------------
-def clean_cache_key(context, parameters: dict) -> str:
-    """Content key of one book's cleaning: what corpus/build.py keys its JSON cache on, and more.
-
-    The raw key, title and author go in because the summary carries them; the cache folder because
-    the summary points at a file inside it.
-    """
-    raw: RawBook = parameters["raw"]
-    config: CorpusConfig = parameters["config"]
-    sha = hashlib.sha256(raw.path.read_bytes()).hexdigest()
-    parts = [
-        cb.book_cache_key(sha, raw.book_id, config),
-        raw.key,
-        raw.title or "",
-        raw.author or "",
-        str(Path(parameters["cache_dir"]).resolve()),
-    ]
-    return "clean-" + hashlib.sha256("\0".join(parts).encode()).hexdigest()[:40]
-
-
-@task(
-    name="clean-book",
-    cache_key_fn=clean_cache_key,
-    persist_result=True,
-    retries=0,
-    task_run_name="clean-{raw.key}",
-)
-def clean_book(raw: RawBook, config: CorpusConfig, cache_dir: str) -> BookSummary:
+@task(name="clean-book", cache_policy=NO_CACHE, retries=0, task_run_name="clean-{raw.key}")
+def clean_book(raw: RawBook, clean: BookCleaner) -> BookSummary:
     """Decode, strip, normalize, split, filter one book and sign it for dedup (corpus.build.process_book)."""
-    return cb.process_book(raw, config, cache_dir)
-
-
-# -- global stages -----------------------------------------------------------------------------------
-@dataclass
-class ParagraphPlan:
-    selection: BookSelection
-    keep: dict[str, list[int]]
-    duplicate_paragraphs: int
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-@task(name="dedup-and-split", cache_policy=NO_CACHE)
-def dedup_and_split(summaries: list[BookSummary], config: CorpusConfig) -> ParagraphPlan:
-    """Near-duplicate books out, split by book, exact-duplicate paragraphs out (in book id order)."""
-    logger = get_run_logger()
-    t0 = time.perf_counter()
-    selection = cb.select_books(summaries, config)
-    if not selection.kept:
-        raise ValueError("every book was rejected; nothing to build")
-    t1 = time.perf_counter()
-    selection, keep, dropped = cb.plan_paragraphs(selection, config, progress=False)
-    t2 = time.perf_counter()
-    logger.info(
-        "kept %d books (%s), %d duplicate paragraphs dropped",
-        len(selection.kept),
-        ", ".join(f"{s}: {len(ids)}" for s, ids in selection.splits.items()),
-        dropped,
-    )
-    return ParagraphPlan(selection, keep, dropped, {"select": round(t1 - t0, 3), "dedup": round(t2 - t1, 3)})
-
-
-@task(name="train-tokenizer", cache_policy=NO_CACHE)
-def train_tokenizer(plan: ParagraphPlan, config: CorpusConfig, out: str, cache_dir: str) -> str:
-    """SentencePiece on the train split (cached by corpus/build.py on its exact input)."""
-    path = cb.train_corpus_tokenizer(plan.selection, plan.keep, config, out, cache_dir)
-    get_run_logger().info("tokenizer: %s (vocabulary %d)", path, config.tokenizer.vocab_size)
-    return str(path)
-
-
-@task(name="write-shards", cache_policy=NO_CACHE)
-def write_shards(
-    plan: ParagraphPlan, tokenizer_path: str, out: str, config: CorpusConfig, workers: int | None
-) -> dict[str, list[dict]]:
-    """Encode the kept paragraphs and write each split's Parquet shards."""
-    shards = cb.write_shards(plan.selection, plan.keep, tokenizer_path, out, config, workers, progress=False)
-    get_run_logger().info("wrote %d shards", sum(len(v) for v in shards.values()))
-    return shards
-
-
-@task(name="write-manifest", cache_policy=NO_CACHE)
-def write_manifest(
-    raw: str,
-    out: str,
-    source: str,
-    config: CorpusConfig,
-    summaries: list[BookSummary],
-    plan: ParagraphPlan,
-    shards: dict[str, list[dict]],
-    build_info: dict,
-) -> dict:
-    """The dataset card, then manifest.json last: its presence marks the corpus complete."""
-    manifest = cb.make_manifest(
-        raw, out, config, summaries, plan.selection, plan.duplicate_paragraphs, shards, build_info
-    )
-    manifest["source"]["source"] = source
-    cb._write_atomic(Path(out) / "README.md", cb.dataset_card(manifest).encode("utf-8"))
-    cb.write_manifest(out, manifest)
-    return manifest
+    summary = clean(raw)
+    # A book read from the JSON cache shows as Prefect shows its own cache hits: Completed, named Cached.
+    return Completed(name="Cached", data=summary) if summary.cached else summary
 
 
 # -- training ----------------------------------------------------------------------------------------

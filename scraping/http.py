@@ -8,6 +8,7 @@ sizes, and retries transient faults with exponential backoff, jitter and `Retry-
 from __future__ import annotations
 
 import email.utils
+import importlib.metadata
 import random
 import threading
 import time
@@ -17,9 +18,18 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from ptgpt import __version__
 
-DEFAULT_USER_AGENT = f"ptgpt/{__version__} (Portuguese corpus builder; polite bulk downloader; +https://github.com/ptgpt/ptgpt)"
+def _version() -> str:
+    """The installed distribution's version, read without importing the ptgpt app package."""
+    try:
+        return importlib.metadata.version("ptgpt")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
+
+
+DEFAULT_USER_AGENT = (
+    f"ptgpt/{_version()} (Portuguese corpus builder; polite bulk downloader; +https://github.com/ptgpt/ptgpt)"
+)
 RETRYABLE_STATUS = {429, 500, 502, 503, 504}
 
 

@@ -7,10 +7,11 @@ already stored with a verified sha256. A book that fails is reported and the run
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -333,30 +334,65 @@ def fetch_book(book: BookRecord, config: ScrapeConfig, client: PoliteClient, sto
     return len(data)
 
 
-def iter_scrape(config: ScrapeConfig, summary: ScrapeSummary) -> Iterator[tuple[BookRecord, str]]:
-    """Run the scrape, yielding (book, outcome) with outcome in downloaded/skipped/failed.
+@dataclass
+class BookOutcome:
+    """What happened to one book: `downloaded`, `skipped` (already stored and verified) or `failed`."""
 
-    A generator so callers can drive progress bars; `summary` is filled as it goes.
+    book_id: int
+    title: str | None
+    outcome: str
+    bytes: int = 0
+    error: str | None = None
+
+
+# An executor of the per-book download: calls fetch(book) for every book and yields (book, bytes
+# stored or the FetchError that failed it) as each finishes. Any other exception is no book's fault
+# and must propagate. `one_by_one` is the plain one; the Prefect flow maps a retrying task per book.
+FetchMapper = Callable[
+    [Callable[[BookRecord], int], Sequence[BookRecord]], Iterator[tuple[BookRecord, int | FetchError]]
+]
+
+
+def one_by_one(
+    fetch: Callable[[BookRecord], int], books: Sequence[BookRecord]
+) -> Iterator[tuple[BookRecord, int | FetchError]]:
+    """The plain executor: each book in turn, in this thread (the politeness limit spaces them anyway)."""
+    for book in books:
+        try:
+            yield book, fetch(book)
+        except FetchError as e:
+            yield book, e
+
+
+def iter_scrape(
+    config: ScrapeConfig,
+    summary: ScrapeSummary,
+    map_books: FetchMapper = one_by_one,
+    discover_books: Callable[[ScrapeConfig, PoliteClient, ScrapeSummary], list[BookRecord]] = discover,
+) -> Iterator[BookOutcome]:
+    """Run the scrape, yielding each book's outcome as it finishes; `summary` is filled as it goes.
+
+    One loop for every way to run it: `map_books` runs the per-book fetches (in turn, or as Prefect
+    tasks), `discover_books` finds the books (plain, or as a Prefect task). A generator so callers
+    can drive progress bars.
     """
     start = time.monotonic()
     store = RawStore(config.out)
     with make_client(config) as client:
-        books = discover(config, client, summary)
+        books = discover_books(config, client, summary)
         summary.found = len(books)
-        for book in books:
-            try:
-                stored = fetch_book(book, config, client, store)
-            except FetchError as e:
-                summary.failed.append((book.id, str(e)))
-                yield book, "failed"
-                continue
-            if stored:
+        fetch = functools.partial(fetch_book, config=config, client=client, store=store)
+        for book, result in map_books(fetch, books):
+            if isinstance(result, FetchError):
+                summary.failed.append((book.id, str(result)))
+                yield BookOutcome(book.id, book.title, "failed", error=str(result))
+            elif result:
                 summary.downloaded += 1
-                summary.bytes += stored
-                yield book, "downloaded"
+                summary.bytes += result
+                yield BookOutcome(book.id, book.title, "downloaded", result)
             else:
                 summary.skipped += 1
-                yield book, "skipped"
+                yield BookOutcome(book.id, book.title, "skipped")
     store.compact()
     summary.seconds = time.monotonic() - start
 
@@ -367,7 +403,7 @@ def scrape(config: ScrapeConfig, progress: bool = False) -> ScrapeSummary:
 
     summary = ScrapeSummary()
     bar = tqdm(desc="books", unit="book", disable=not progress)
-    for _book, _outcome in iter_scrape(config, summary):
+    for _outcome in iter_scrape(config, summary):
         bar.total = summary.found
         bar.update(1)
         bar.set_postfix(new=summary.downloaded, skipped=summary.skipped, failed=len(summary.failed))

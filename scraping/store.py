@@ -1,8 +1,8 @@
 """The raw store: one file per book with the exact bytes served, plus `manifest.jsonl`.
 
-A book file is written under `.partial/` and renamed into place, so a `<id>.txt` that exists is
-complete; its manifest line is appended (and fsynced) only after the rename, so a book without a
-line is simply fetched again. The format is described in docs/formats.md.
+A book file is written to a temporary file next to it, fsynced and renamed into place
+(common.files.atomic_write), so a `<id>.txt` that exists is complete; its manifest line is appended
+(and fsynced) only after the rename, so a book without a line is simply fetched again. The format is described in docs/formats.md.
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from common.errors import explain_disk_errors
+from common.files import atomic_write, sha256_file
 
 MANIFEST = "manifest.jsonl"
 PARTIAL_DIR = ".partial"
@@ -24,16 +27,20 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _durably(write_to: Callable[[IO], None]) -> Callable[[str], None]:
+    """A writer for atomic_write that fsyncs the file before it is renamed into place."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            write_to(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return write
 
 
 def _fsync_dir(path: Path) -> None:
@@ -49,10 +56,15 @@ class RawStore:
 
     def __init__(self, root: Path | str):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        with explain_disk_errors(self.root):  # a folder we cannot write fails here, before any download
+            self.root.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.root / ".write-test", os.O_CREAT | os.O_WRONLY, 0o644))
+            (self.root / ".write-test").unlink()
         self.manifest_path = self.root / MANIFEST
         # Leftovers of a killed run are never read; clear them so the store holds only whole books.
-        shutil.rmtree(self.root / PARTIAL_DIR, ignore_errors=True)
+        shutil.rmtree(self.root / PARTIAL_DIR, ignore_errors=True)  # older versions wrote there
+        for tmp in self.root.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
         self._records = self._read_manifest()
 
     def _read_manifest(self) -> dict[int, dict[str, Any]]:
@@ -91,15 +103,9 @@ class RawStore:
 
     def put(self, book_id: int, data: bytes, **meta: Any) -> dict[str, Any]:
         """Store `data` byte for byte and append its manifest line; returns the line."""
-        partial = self.root / PARTIAL_DIR
-        partial.mkdir(exist_ok=True)
-        tmp = partial / f"{book_id}.txt.{os.getpid()}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path(book_id))
-        _fsync_dir(self.root)
+        with explain_disk_errors(self.path(book_id)):
+            atomic_write(self.path(book_id), _durably(lambda f: f.write(data)))
+            _fsync_dir(self.root)
         rec = {
             "id": book_id,
             "title": meta.get("title"),
@@ -110,7 +116,7 @@ class RawStore:
             "bytes": len(data),
             "fetched_at": meta.get("fetched_at") or utc_now(),
         }
-        with open(self.manifest_path, "a", encoding="utf-8") as f:
+        with explain_disk_errors(self.manifest_path), open(self.manifest_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
@@ -119,11 +125,7 @@ class RawStore:
 
     def compact(self) -> None:
         """Rewrite the manifest with one line per book, sorted by id (atomically)."""
-        tmp = self.root / f".{MANIFEST}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for rec in self.records():
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.manifest_path)
+        lines = [json.dumps(rec, ensure_ascii=False) + "\n" for rec in self.records()]
+        with explain_disk_errors(self.manifest_path):
+            atomic_write(self.manifest_path, _durably(lambda f: f.write("".join(lines).encode("utf-8"))))
         shutil.rmtree(self.root / PARTIAL_DIR, ignore_errors=True)

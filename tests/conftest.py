@@ -40,7 +40,7 @@ def shared_books() -> Path:
 
 @pytest.fixture(scope="session")
 def samples():
-    from scraping.sample_books import sample_books
+    from fakegutenberg.books import sample_books
 
     return sample_books()
 
@@ -48,8 +48,8 @@ def samples():
 @pytest.fixture
 def mirror_factory(samples) -> Iterator[Callable[..., object]]:
     """Start GutenbergMirror(s) over the sample books (or given books); all stopped at teardown."""
-    from scraping.mirror import GutenbergMirror, mirror_books_from_samples
-    from scraping.sample_books import sample_catalog_csv
+    from fakegutenberg.books import sample_catalog_csv
+    from fakegutenberg.mirror import GutenbergMirror, mirror_books_from_samples
 
     started: list[GutenbergMirror] = []
 

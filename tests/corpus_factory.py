@@ -6,13 +6,13 @@ ids (with accented letters, so n_bytes differs from the character count); the lo
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from common import corpus_format as fmt
 
 Book = tuple[int, list[list[int]]]
 
@@ -20,17 +20,7 @@ BOS, EOS, PAD = 1, 2, 3
 SEPARATOR = [4, 5]  # two ids, so tests notice a separator cut in half
 FIRST_TEXT_ID = 8  # paragraph tokens never collide with the special ids above
 
-SCHEMA = pa.schema(
-    [
-        ("book_id", pa.int32()),
-        ("paragraph_index", pa.int32()),
-        ("title", pa.string()),
-        ("author", pa.string()),
-        ("text", pa.string()),
-        ("tokens", pa.list_(pa.int32())),
-        ("n_bytes", pa.int32()),
-    ]
-)
+SCHEMA = fmt.SHARD_SCHEMA
 
 
 def random_books(
@@ -70,7 +60,7 @@ def write_corpus(
     """Write shards, tokenizer.model and manifest.json (last) under root; returns root."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "tokenizer.model").write_bytes(tokenizer_bytes)
+    (root / fmt.TOKENIZER_FILE).write_bytes(tokenizer_bytes)
     manifest_splits = {}
     for split, books in splits.items():
         (root / split).mkdir(exist_ok=True)
@@ -94,40 +84,19 @@ def write_corpus(
                 },
                 schema=SCHEMA,
             )
-            rel = f"{split}/part-{s:05d}.parquet"
+            rel = fmt.shard_file(split, s)
             pq.write_table(table, root / rel, row_group_size=rows_per_group, compression="zstd")
+            n_tokens = sum(len(r[2]) for r in rows)
             shards.append(
-                {
-                    "file": rel,
-                    "rows": len(rows),
-                    "tokens": sum(len(r[2]) for r in rows),
-                    "bytes": sum(len(t.encode()) for t in texts),
-                    "row_groups": pq.ParquetFile(root / rel).metadata.num_row_groups,
-                    "sha256": hashlib.sha256((root / rel).read_bytes()).hexdigest(),
-                }
+                fmt.shard_entry(root, rel, len(rows), n_tokens, sum(len(t.encode()) for t in texts))
             )
-        manifest_splits[split] = {
-            "rows": sum(sh["rows"] for sh in shards),
-            "tokens": sum(sh["tokens"] for sh in shards),
-            "bytes": sum(sh["bytes"] for sh in shards),
-            "books": [b for b, _ in books],
-            "shards": shards,
-        }
-    manifest = {
-        "schema_version": schema_version,
-        "tokenizer": {
-            "file": "tokenizer.model",
-            "sha256": hashlib.sha256(tokenizer_bytes).hexdigest(),
-            "vocab_size": vocab_size,
-            "unk_id": 0,
-            "bos_id": BOS,
-            "eos_id": EOS,
-            "pad_id": PAD,
-            "separator_ids": list(separator_ids),
-        },
-        "splits": manifest_splits,
-    }
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        manifest_splits[split] = fmt.split_entry([b for b, _ in books], shards)
+    tokenizer = fmt.tokenizer_entry(
+        root, vocab_size, separator_ids, unk_id=0, bos_id=BOS, eos_id=EOS, pad_id=PAD
+    )
+    manifest = fmt.make_manifest(tokenizer, manifest_splits)
+    manifest["schema_version"] = schema_version  # a test may ask for another version
+    fmt.write_manifest(root, manifest)
     return root
 
 

@@ -14,8 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from common.files import sha256_file
 from corpus.build import CorpusConfig, build_corpus, list_raw_books, load_manifest
-from corpus.shards import ShardConfig, sha256_file
+from corpus.shards import ShardConfig
 from corpus.tokenizer import TokenizerConfig, load_tokenizer
 from ptgpt.cli.corpus import corpus as corpus_cli
 
@@ -32,7 +33,7 @@ def without_timings(manifest: dict) -> dict:
 @pytest.fixture(scope="module")
 def raw_store(tmp_path_factory) -> tuple[Path, list]:
     """The sample books, a reprint under another id, a second file of one ebook, and a manifest."""
-    from scraping.sample_books import sample_books, write_sample_books
+    from fakegutenberg.books import sample_books, write_sample_books
 
     books = sample_books(extra=6, extra_kb=8)
     raw = tmp_path_factory.mktemp("raw")

@@ -127,8 +127,8 @@ def test_deployment_runs_build_the_corpus_and_train(served, mirror_factory, tmp_
     """build-corpus, then train-model as 2 DDP processes launched by torchrun from the deployment."""
     import pyarrow.parquet as pq
 
-    from scraping.mirror import mirror_books_from_samples
-    from scraping.sample_books import sample_books, sample_catalog_csv
+    from fakegutenberg.books import sample_books, sample_catalog_csv
+    from fakegutenberg.mirror import mirror_books_from_samples
 
     books = sample_books(extra=40)  # enough rows for a row group per DDP rank
     m = mirror_factory(mirror_books_from_samples(books), sample_catalog_csv(books))

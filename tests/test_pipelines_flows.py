@@ -75,8 +75,8 @@ def prefect_api() -> str:
 
 @pytest.fixture(scope="module")
 def mirror():
-    from scraping.mirror import GutenbergMirror, mirror_books_from_samples
-    from scraping.sample_books import sample_books, sample_catalog_csv
+    from fakegutenberg.books import sample_books, sample_catalog_csv
+    from fakegutenberg.mirror import GutenbergMirror, mirror_books_from_samples
 
     samples = sample_books(extra=10, extra_kb=6)
     with GutenbergMirror(mirror_books_from_samples(samples), sample_catalog_csv(samples)) as m:
@@ -113,13 +113,25 @@ def run_and_subflow_ids(client, flow_run_id) -> list:
 
 
 def flow_run_tasks(flow_run_id) -> list:
-    """Every task run of a flow run and of its subflows, read back from the API."""
+    """Every task run of a flow run and of its subflows, read back from the API.
+
+    The server records task runs from events it processes asynchronously, so the last ones can
+    arrive a moment after the flow returns: read until two reads agree and every run is final.
+    """
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter
 
     with get_client(sync_client=True) as client:
         ids = run_and_subflow_ids(client, flow_run_id)
-        return client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}), limit=200)
+        seen: list = []
+        deadline = time.monotonic() + 30
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": ids}), limit=200)
+            settled = all(r.state and r.state.is_final() for r in runs)
+            if (settled and len(runs) == len(seen)) or time.monotonic() > deadline:
+                return runs
+            seen = runs
+            time.sleep(0.5)
 
 
 def is_clean_task(task_run) -> bool:
@@ -201,6 +213,27 @@ def test_rerun_reuses_work(reference) -> None:
     assert len(clean) == result["books"]["raw_files"]
     assert all(t.state.name == "Cached" for t in clean), {t.name: t.state.name for t in clean}
     assert comparable(load_manifest(p["out"])) == comparable(before)
+
+
+def test_cli_build_and_flow_build_give_identical_shards(reference, tmp_path) -> None:
+    """One corpus build, two executors: `ptgpt corpus build` on the flow's raw store makes the same bytes."""
+    p, _, _ = reference
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "ptgpt", "corpus", "build", "--raw", p["raw"], "--out", str(out)]
+    cmd += ["--vocab-size", str(VOCAB), "--workers", "2", "--quiet"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    flow_manifest, cli_manifest = load_manifest(p["out"]), load_manifest(out)
+    assert comparable(cli_manifest) == comparable(flow_manifest)
+    files = ["tokenizer.model"] + [
+        s["file"] for split in flow_manifest["splits"].values() for s in split["shards"]
+    ]
+    assert len(files) > 3
+    for name in files:
+        assert (out / name).read_bytes() == (Path(p["out"]) / name).read_bytes(), name
+    # The same stages, timed under the same names (the flow adds its download).
+    flow_stages = list(flow_manifest["build"]["stage_seconds"])
+    assert flow_stages == ["download", *cli_manifest["build"]["stage_seconds"]]
 
 
 def test_parallel_downloads_keep_the_politeness_rate(prefect_api, mirror, tmp_path) -> None:
@@ -303,6 +336,30 @@ def test_failing_stage_fails_the_flow(reference, tmp_path, monkeypatch) -> None:
 
 
 @pytest.mark.slow
+def test_a_failed_flow_leaves_the_previous_corpus_byte_identical(reference, tmp_path, monkeypatch) -> None:
+    """The flow builds through the same staging folder as `ptgpt corpus build`: a failure costs nothing."""
+    from pipelines.flows import build_corpus_flow
+
+    p, _, _ = reference
+    out = tmp_path / "corpus"
+    shutil.copytree(p["out"], out, ignore=shutil.ignore_patterns(".cache"))  # no cache: books get cleaned
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*") if f.is_file()}
+
+    before = files(out)
+
+    def broken_cleaner(data, book_id, config):
+        raise KeyError("a bug in the cleaning code")
+
+    monkeypatch.setattr("corpus.build.clean_book", broken_cleaner)
+    state = build_corpus_flow(**params(p["source"], p["ids"][:-1], tmp_path, raw=p["raw"]), return_state=True)
+    assert state.is_failed() and "a bug in the cleaning code" in state.message
+    assert files(out) == before
+    assert not list(tmp_path.glob(".corpus.*"))
+
+
+@pytest.mark.slow
 def test_corpus_and_train(reference, tmp_path) -> None:
     """The main job: build, then train; a rerun with more steps continues from the checkpoint."""
     from pipelines import artifacts
@@ -361,14 +418,14 @@ def test_build_corpus_over_the_real_books(prefect_api, shared_books, tmp_path) -
 
 @pytest.mark.slow
 def test_cli_build_and_run_in_process(prefect_api, mirror, tmp_path) -> None:
-    """`ptgpt build` and `ptgpt run` drive the same flows and exit by the run's final state."""
+    """`ptgpt fetch-and-build` and `ptgpt run` drive the same flows and exit by the run's final state."""
     from click.testing import CliRunner
 
     from ptgpt.cli import main
 
     runner = CliRunner()
     common = ["--source", mirror.url, "--vocab-size", str(VOCAB), "--rate", "0", "--workers", "1"]
-    built = runner.invoke(main, ["build", *common, "--out", str(tmp_path / "a" / "corpus")])
+    built = runner.invoke(main, ["fetch-and-build", *common, "--out", str(tmp_path / "a" / "corpus")])
     assert built.exit_code == 0, built.output
     assert json.loads(built.output[built.output.index("{") :])["splits"]["train"]["books"] > 0
     assert (tmp_path / "a" / "raw" / "manifest.jsonl").exists()  # the raw store beside OUT
@@ -392,6 +449,6 @@ def test_cli_build_and_run_in_process(prefect_api, mirror, tmp_path) -> None:
     )
 
     failed = runner.invoke(
-        main, ["build", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]
+        main, ["fetch-and-build", "--source", str(tmp_path / "missing"), "--out", str(tmp_path / "c")]
     )
     assert failed.exit_code == 1 and "flow run ended FAILED" in failed.output

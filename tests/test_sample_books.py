@@ -10,18 +10,18 @@ import unicodedata
 
 import pytest
 
-from scraping.sample_books import (
+from fakegutenberg.books import (
     ENCODINGS,
     LAYOUTS,
     VARIANTS,
     SampleBook,
     fit_charset,
-    portuguese_paragraphs,
     sample_books,
     sample_catalog_csv,
     wrap_prose,
     write_sample_books,
 )
+from fakegutenberg.prose import portuguese_paragraphs
 
 START_RE = re.compile(
     r"^(\*\*\* ?START OF TH(E|IS) PROJECT GUTENBERG EBOOK .*\*\*\*|\*END\*?.?THE SMALL PRINT.*)$"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from fakegutenberg.mirror import MirrorSite, book_page_html, listing_html, mirror_books_from_samples
 from scraping.catalog import merge_discoveries, parse_book_page, parse_catalog, parse_language_listing
-from scraping.mirror import MirrorSite, book_page_html, listing_html, mirror_books_from_samples
 
 
 def test_real_catalog_prefix_is_parsed_despite_truncation(shared_books):
@@ -27,7 +27,7 @@ def test_real_catalog_excerpt_multiline_titles(shared_books):
 
 
 def test_sample_catalog_keeps_portuguese_text_rows_only(samples):
-    from scraping.sample_books import sample_catalog_csv
+    from fakegutenberg.books import sample_catalog_csv
 
     parsed = parse_catalog(sample_catalog_csv(samples))
     ids = {b.id for b in parsed.books}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from fakegutenberg.mirror import Fault, GutenbergMirror, mirror_books_from_folder
 from ptgpt.cli import main
-from scraping.mirror import Fault, GutenbergMirror, mirror_books_from_folder
 
 
 def test_cli_summary_and_exit_status(mirror_factory, tmp_path):

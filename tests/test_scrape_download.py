@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from fakegutenberg.mirror import Fault, GutenbergMirror, MirrorBook
 from scraping.http import FetchConfig, FetchError, PoliteClient, parse_retry_after
-from scraping.mirror import Fault, GutenbergMirror, MirrorBook
 from scraping.scrape import ScrapeConfig, ScrapeSummary, scrape, text_url_paths, validate_text
 from scraping.store import RawStore, sha256_hex
 
@@ -204,7 +204,7 @@ def test_rerun_skips_verified_and_refetches_corrupt(mirror_factory, tmp_path):
 
 
 def test_folder_source_reads_header_metadata(samples, tmp_path):
-    from scraping.sample_books import write_sample_books
+    from fakegutenberg.books import write_sample_books
 
     src = tmp_path / "src"
     write_sample_books(src, samples)

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from scraping.mirror import Fault
+from fakegutenberg.mirror import Fault
 from scraping.store import RawStore, sha256_file
 
 

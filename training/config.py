@@ -64,7 +64,9 @@ class TrainConfig:
     progress: bool = True
     plot: bool = True
     # -- system
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+    device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps"
+    precision: str = "auto"  # "auto" (bf16 on Ampere+, fp16 + loss scaling on older GPUs, else fp32), ...
+    activation_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # torch CPU threads (fixed for reproducibility); None: torch's default
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
@@ -92,8 +94,10 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.lr == 0:
             raise ConfigError("--lr must be > 0")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device must be auto, cpu, cuda or mps, got {self.device!r}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"--precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         from training.model import PRESETS  # torch is imported when a config is made, not for its defaults
 
         if self.preset not in PRESETS:

@@ -55,9 +55,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from common import corpus_format
 from common.errors import UserError
+from common.files import sha256_file
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = corpus_format.SCHEMA_VERSION
 STATE_VERSION = 1
 IGNORE_INDEX = -1  # target id of padding in evaluation windows (F.cross_entropy(..., ignore_index=-1))
 READ_COLUMNS = ["book_id", "tokens"]  # the loader reads nothing else; eval also reads n_bytes
@@ -88,30 +90,10 @@ class CorpusInfo:
 
     @classmethod
     def from_dir(cls, corpus_dir: str | Path) -> CorpusInfo:
-        root = Path(corpus_dir)
-        path = root / "manifest.json"
-        if not path.is_file():
-            raise CorpusError(
-                f"{path} not found: not a corpus folder, or one whose writing has not finished "
-                "(manifest.json is written last)"
-            )
         try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{path} is not valid JSON: {e}") from e
-        version = manifest.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise CorpusError(
-                f"{path} has schema_version {version!r}; this trainer reads schema_version "
-                f"{SCHEMA_VERSION}: rebuild the corpus with this version of ptgpt"
-            )
-        for key in ("tokenizer", "splits"):
-            if not isinstance(manifest.get(key), dict):
-                raise CorpusError(f"{path} has no {key!r} object")
-        for key in ("sha256", "vocab_size", "bos_id", "eos_id", "separator_ids"):
-            if key not in manifest["tokenizer"]:
-                raise CorpusError(f"{path}: tokenizer.{key} is missing")
-        return cls(root, manifest)
+            return cls(Path(corpus_dir), corpus_format.read_manifest(corpus_dir))
+        except corpus_format.ManifestError as e:
+            raise CorpusError(str(e)) from e
 
     @property
     def tokenizer(self) -> dict:
@@ -148,7 +130,9 @@ class CorpusInfo:
     def split(self, split: str) -> dict:
         splits = self.manifest["splits"]
         if split not in splits:
-            raise CorpusError(f"split {split!r} not in {self.root / 'manifest.json'} (has: {sorted(splits)})")
+            raise CorpusError(
+                f"split {split!r} not in {self.root / corpus_format.MANIFEST_FILE} (has: {sorted(splits)})"
+            )
         return splits[split]
 
     def split_fingerprint(self, split: str) -> str:
@@ -176,14 +160,6 @@ class CorpusInfo:
                 )
             units += [(s, g) for g in range(n)]
         return units
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_shards(info: CorpusInfo, splits: list[str], checksums: bool = True) -> None:

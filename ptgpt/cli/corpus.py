@@ -18,7 +18,7 @@ def corpus() -> None:
 @click.option(
     "--raw",
     "raw_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     required=True,
     help="Raw store: <id>.txt files, with or without manifest.jsonl.",
 )
@@ -49,6 +49,16 @@ def corpus() -> None:
     default=None,
     help="Per-book cache (default OUT/.cache); reusing it makes reruns fast.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Build into a non-empty OUT that is not a ptgpt corpus (its other files are kept).",
+)
+@click.option(
+    "--allow-empty-splits",
+    is_flag=True,
+    help="Build from fewer than 3 books, leaving validation or test empty.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def build(
     raw_dir: Path,
@@ -57,24 +67,30 @@ def build(
     model_type: str,
     workers: int | None,
     cache_dir: Path | None,
+    force: bool,
+    allow_empty_splits: bool,
     quiet: bool,
 ) -> None:
-    """Clean, deduplicate, split, tokenize and shard the books of RAW into OUT."""
+    """Build a corpus from a raw store already on disk (no Prefect, no downloads).
+
+    Cleans, deduplicates, splits, tokenizes and shards the books of RAW into OUT. The new corpus is
+    built next to OUT and replaces it only when complete: a failed build leaves OUT as it was. To
+    download and build in one Prefect flow, use `ptgpt fetch-and-build`.
+    """
     from corpus.build import CorpusConfig, build_corpus
     from corpus.tokenizer import TokenizerConfig
 
     config = CorpusConfig(tokenizer=TokenizerConfig(vocab_size=vocab_size, model_type=model_type))
-    try:
-        manifest = build_corpus(
-            raw_dir,
-            out_dir,
-            config,
-            workers=workers or os.cpu_count(),
-            progress=not quiet,
-            cache_dir=cache_dir,
-        )
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        raise click.ClickException(str(e)) from e
+    manifest = build_corpus(
+        raw_dir,
+        out_dir,
+        config,
+        workers=workers or os.cpu_count(),
+        progress=not quiet,
+        cache_dir=cache_dir,
+        force=force,
+        allow_empty_splits=allow_empty_splits,
+    )
     click.echo(summary_table(manifest))
     click.echo(f"\nwrote {out_dir}/manifest.json in {manifest['build']['seconds']:.1f} s")
 
@@ -84,13 +100,13 @@ def build(
 @click.option("--verify", is_flag=True, help="Also check every shard's and the tokenizer's sha256.")
 def stats(out_dir: Path, verify: bool) -> None:
     """Print the statistics of a finished corpus in OUT_DIR."""
+    from common.files import sha256_file
     from corpus.build import load_manifest
-    from corpus.shards import sha256_file
 
     try:
         manifest = load_manifest(out_dir)
-    except FileNotFoundError as e:
-        raise click.ClickException(str(e)) from e
+    except (FileNotFoundError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
     click.echo(summary_table(manifest))
     if verify:
         files = [(manifest["tokenizer"]["file"], manifest["tokenizer"]["sha256"])]

@@ -44,9 +44,9 @@ def demo(out: Path, extra_books: int, vocab_size: int, max_steps: int, prompt: s
     The same flow runs against gutenberg.org with `ptgpt run`. Rerunning resumes: stored books,
     cleaned books and checkpoints are reused.
     """
+    from fakegutenberg.books import sample_books, sample_catalog_csv
+    from fakegutenberg.mirror import GutenbergMirror, mirror_books_from_samples
     from pipelines.flows import corpus_and_train_flow
-    from scraping.mirror import GutenbergMirror, mirror_books_from_samples
-    from scraping.sample_books import sample_books, sample_catalog_csv
     from training.checkpoint import load_model, newest_valid_checkpoint, read_checkpoint_config
     from training.evaluate import generate_samples, load_tokenizer
 

@@ -1,4 +1,9 @@
-"""`ptgpt serve`, `ptgpt build` and `ptgpt run`: the Prefect flows, served or in-process."""
+"""`ptgpt serve`, `ptgpt fetch-and-build` and `ptgpt run`: the Prefect flows, served or in-process.
+
+`ptgpt fetch-and-build` downloads from a source and builds, as the build-corpus Prefect flow;
+`ptgpt corpus build` (ptgpt/cli/corpus.py) builds from a raw store already on disk, without Prefect.
+Both run the same corpus build (corpus/build.py), so the same books give the same shards.
+"""
 
 from __future__ import annotations
 
@@ -23,11 +28,19 @@ def serve(name: str, limit: int | None) -> None:
     """
     from pipelines.serve import serve_deployments
 
+    _require_prefect_api(needs_server=True)
     serve_deployments(name, limit)
 
 
+def _require_prefect_api(needs_server: bool = False) -> None:
+    """Fail in one line, before any work, when the Prefect API the flows would report to is down."""
+    from pipelines.serve import check_prefect_api
+
+    check_prefect_api(needs_server)  # raises UserError, which the CLI prints as one line
+
+
 def _corpus_options(f):
-    """The build-corpus parameters `ptgpt build` and `ptgpt run` share (applied bottom-up)."""
+    """The build-corpus parameters `ptgpt fetch-and-build` and `ptgpt run` share (applied bottom-up)."""
     options = [
         click.option(
             "--source",
@@ -44,6 +57,13 @@ def _corpus_options(f):
         ),
         click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N books."),
         click.option("--vocab-size", type=click.IntRange(min=8), default=32000, show_default=True),
+        click.option(
+            "--model-type",
+            type=click.Choice(["bpe", "unigram"]),
+            default="bpe",
+            show_default=True,
+            help="SentencePiece model.",
+        ),
         click.option("--workers", type=click.IntRange(min=1), default=None, help="Cleaning workers."),
         click.option(
             "--rate",
@@ -70,12 +90,17 @@ def _corpus_options(f):
     return f
 
 
-@click.command()
+@click.command(name="fetch-and-build")
 @_corpus_options
 def build(out: Path, **params) -> None:
-    """Run the build-corpus flow in this process (no server or worker needed)."""
+    """Download books from a source and build a corpus: the build-corpus Prefect flow, in this process.
+
+    No server or worker needed (with PREFECT_API_URL set, the run reports there). To build from a
+    raw store already on disk, without Prefect, use `ptgpt corpus build`.
+    """
     from pipelines.flows import build_corpus_flow
 
+    _require_prefect_api()
     _finish(build_corpus_flow(out=str(out), **params, return_state=True))
 
 
@@ -96,6 +121,7 @@ def run(out: Path, run_dir: Path, **params) -> None:
     """Run corpus-and-train (the main job) in this process."""
     from pipelines.flows import corpus_and_train_flow
 
+    _require_prefect_api()
     _finish(corpus_and_train_flow(out=str(out), run=str(run_dir), **params, return_state=True))
 
 

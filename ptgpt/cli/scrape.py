@@ -127,8 +127,8 @@ def scrape(
 @click.option("--extra", type=click.IntRange(min=0), default=0, help="Generated sample books to add.")
 def mirror(port: int, books_dir: Path | None, extra: int) -> None:
     """Serve a Gutenberg-layout mirror on 127.0.0.1 (Ctrl-C to stop)."""
-    from scraping.mirror import GutenbergMirror, mirror_books_from_folder, mirror_books_from_samples
-    from scraping.sample_books import sample_books
+    from fakegutenberg.books import sample_books
+    from fakegutenberg.mirror import GutenbergMirror, mirror_books_from_folder, mirror_books_from_samples
 
     books = (
         mirror_books_from_folder(books_dir)

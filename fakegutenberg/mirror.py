@@ -386,5 +386,5 @@ def mirror_books_from_folder(folder: Path) -> list[MirrorBook]:
 
 
 def mirror_books_from_samples(samples: Iterable[object]) -> list[MirrorBook]:
-    """MirrorBooks from scraping.sample_books.SampleBook objects."""
+    """MirrorBooks from fakegutenberg.books.SampleBook objects."""
     return [MirrorBook(s.id, s.title, s.author, s.language, s.raw_bytes(), s.layout) for s in samples]  # type: ignore[attr-defined]
