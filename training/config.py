@@ -40,6 +40,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # on matrices only (GPT.configure_param_groups)
     beta1: float = 0.9
     beta2: float = 0.95
+    optimizer: str = "adamw"  # "adamw", or "muon" (hidden matrices; AdamW on the rest): training/optim.py
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     seed: int = 1337  # model init and data order
     # -- data
@@ -75,6 +76,8 @@ class TrainConfig:
         """Refuse settings that cannot work before any file is read (the CLI shows these as one line)."""
         if self.schedule not in ("cosine", "linear"):
             raise ConfigError(f"schedule must be 'cosine' or 'linear', got {self.schedule!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ConfigError(f"--optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
         for name in ("max_steps", "batch_size", "log_every", "checkpoint_every", "keep_last", "prefetch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -64,6 +64,7 @@ import torch.distributed as dist
 from common.errors import UserError
 from common.files import write_json_atomic
 from training import checkpoint as ckpt
+from training import optim
 from training.config import ConfigError, TrainConfig
 from training.data import CorpusInfo, DevicePrefetcher, LoaderConfig, TokenWindowLoader, verify_shards
 from training.eval_tasks import quick_eval
@@ -227,11 +228,9 @@ def find_resume_checkpoint(c: TrainConfig, model_config: ModelConfig) -> Path | 
 
 
 def build_optimizer(model: GPT, c: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """The one place the optimizer is made: AdamW, weight decay on matrices only (param groups)."""
-    kwargs = {"lr": c.lr, "betas": (c.beta1, c.beta2), "eps": 1e-8}
-    if device.type == "cuda":
-        kwargs["fused"] = True
-    return torch.optim.AdamW(model.configure_param_groups(c.weight_decay), **kwargs)
+    """The one place the optimizer is made (training/optim.py): AdamW, or Muon + AdamW; fused on CUDA."""
+    fused = True if device.type == "cuda" else None
+    return optim.build_optimizer(model, c.optimizer, c.lr, c.weight_decay, (c.beta1, c.beta2), fused=fused)
 
 
 def build_loaders(
