@@ -93,7 +93,7 @@ def test_only_assistant_tokens_are_targets(tok):
 
 def test_loss_ignores_prompt_tokens(tok, base):
     """The loss is the cross-entropy of the reply tokens alone: a prompt's own tokens never count."""
-    model = add_chat_tokens(ckpt.load_model(ckpt.best_checkpoint(base)), tok)
+    model = add_chat_tokens(ckpt.load_model(base), tok)
     a = [{"role": "user", "content": "Olá, tudo bem?"}, {"role": "assistant", "content": "Bom dia."}]
     [(x, y)] = encode_examples(tok, [a], 100)[0]
     x, y = torch.tensor([x]), torch.tensor([y])
@@ -107,7 +107,7 @@ def test_loss_ignores_prompt_tokens(tok, base):
 
 
 def test_added_rows_leave_ordinary_text_unchanged(tok, base):
-    model = ckpt.load_model(ckpt.best_checkpoint(base))
+    model = ckpt.load_model(base)
     grown = add_chat_tokens(model, tok)
     assert grown.config.vocab_size == tok.base_size + len(SPECIAL_TOKENS)
     x = torch.tensor([[tok.bos, *tok.encode("Era uma vez um rei que tinha três filhas.")]])
@@ -177,10 +177,10 @@ def write_items(path: Path, corpus: Path, n: int = 24) -> Path:
 
 
 def test_sft_learns_replies_and_records_the_template(corpus, base, tmp_path):
-    data = write_items(tmp_path / "data.jsonl", corpus, n=8)
-    summary = sft(sft_config(base, data, tmp_path / "sft", max_steps=40, batch_size=8, checkpoint_every=40))
+    data = write_items(tmp_path / "data.jsonl", corpus, n=4)
+    summary = sft(sft_config(base, data, tmp_path / "sft", max_steps=25, lr=1e-2, checkpoint_every=25))
     losses = [r["loss"] for r in read_metrics(tmp_path / "sft")]
-    assert len(losses) == 40 and losses[-1] < 0.5 * losses[0]
+    assert len(losses) == 25 and losses[-1] < 0.5 * losses[0]
     meta = ckpt.read_checkpoint_config(summary["checkpoint"])
     assert meta["chat"]["special_tokens"]["<|end|>"] == load_chat_tokenizer(meta["tokenizer_path"]).end
     session = load_chat_session(tmp_path / "sft")
@@ -205,7 +205,7 @@ def test_sft_resume_is_exact(corpus, base, tmp_path):
 def test_cli_sft_builtin_then_chat(corpus, base, tmp_path):
     run = tmp_path / "sft"
     args = ["sft", "--base", str(base), "--data", "builtin", "--run", str(run), "--max-steps", "4"]
-    result = CliRunner().invoke(main, [*args, "--batch-size", "4", "--score-items", "6", "--quiet"])
+    result = CliRunner().invoke(main, [*args, "--batch-size", "4", "--score-items", "6", "--threads", "1", "--quiet"])
     assert result.exit_code == 0, result.output
     assert (
         run / "instructions" / "train.jsonl"
