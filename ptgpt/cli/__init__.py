@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from ptgpt import __version__
-from ptgpt.cli.chat import chat, instructions, serve_model, sft
+from ptgpt.cli.chat import chat, classify, instructions, serve_model, sft
 from ptgpt.cli.corpus import corpus
 from ptgpt.cli.demo import demo
 from ptgpt.cli.model import export_hf
@@ -39,3 +39,4 @@ main.add_command(instructions)
 main.add_command(sft)
 main.add_command(chat)
 main.add_command(serve_model)
+main.add_command(classify)

@@ -284,3 +284,80 @@ def serve_model(run_dir: Path, host: str, port: int, device: str) -> None:
         pass
     finally:
         server.close()
+
+
+# -----------------------------------------------------------------------------------------------
+# classify
+
+
+@click.command()
+@click.option("--base", required=True, type=RUN_DIR, help="Pre-trained run (or checkpoint) folder.")
+@click.option(
+    "--task",
+    required=True,
+    help="`authors` (author attribution on the base's corpus) or a CSV / JSONL file of text,label rows.",
+)
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--corpus", "corpus_dir", type=RUN_DIR, default=None, help="For authors: the corpus.")
+@click.option("--n-authors", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option(
+    "--test-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True
+)
+@click.option("--pool", type=click.Choice(["last", "mean"]), default="mean", show_default=True)
+@click.option("--train-layers", type=click.Choice(["head", "last", "all"]), default="all", show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True)
+@click.option("--max-len", type=click.IntRange(min=2), default=128, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+def classify(
+    base: Path,
+    task: str,
+    run_dir: Path,
+    corpus_dir: Path | None,
+    n_authors: int,
+    test_frac: float,
+    pool: str,
+    train_layers: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    max_len: int,
+    threads: int | None,
+) -> None:
+    """Classification fine-tuning: a head on the final hidden state, scored against the majority class
+    and a bag-of-words naive Bayes baseline. `authors`: train and test paragraphs of each author come
+    from different books."""
+    from training.classify import ClassifyConfig, read_labelled, split_rows, train_classifier
+
+    config = ClassifyConfig(
+        base=str(base),
+        run_dir=str(run_dir),
+        pool=pool,
+        train_layers=train_layers,
+        max_len=max_len,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        threads=threads,
+    )
+    if task == "authors":
+        from corpus.instructions import AuthorTaskConfig, author_attribution, read_paragraphs
+
+        paragraphs = read_paragraphs(corpus_dir or _corpus_of(base))
+        train, test, described = author_attribution(paragraphs, AuthorTaskConfig(n_authors=n_authors))
+        for name, books in described.items():
+            click.echo(f"  {name}: train books {books['train_books']}, test books {books['test_books']}")
+    else:
+        train, test = split_rows(read_labelled(task), test_frac, config.seed)
+    click.echo(f"{len(train)} training and {len(test)} test texts, {len({y for _, y in train})} classes")
+    report = train_classifier(config, train, test)
+    click.echo(format_classify_report(report))
+
+
+def format_classify_report(report: dict) -> str:
+    lines = [f"test set: {report['n_test']} texts, {len(report['labels'])} classes", "  accuracy  macro-F1"]
+    for name in ("majority", "bag_of_words", "model"):
+        r = report[name]
+        lines.append(f"  {r['accuracy']:8.3f}  {r['macro_f1']:8.3f}  {name.replace('_', '-')}")
+    return "\n".join(lines)
