@@ -205,7 +205,9 @@ def test_sft_resume_is_exact(corpus, base, tmp_path):
 def test_cli_sft_builtin_then_chat(corpus, base, tmp_path):
     run = tmp_path / "sft"
     args = ["sft", "--base", str(base), "--data", "builtin", "--run", str(run), "--max-steps", "4"]
-    result = CliRunner().invoke(main, [*args, "--batch-size", "4", "--score-items", "6", "--threads", "1", "--quiet"])
+    result = CliRunner().invoke(
+        main, [*args, "--batch-size", "4", "--score-items", "6", "--threads", "1", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     assert (
         run / "instructions" / "train.jsonl"
