@@ -57,7 +57,7 @@ def test_special_tokens_follow_the_sentencepiece_pieces(tok):
     assert [tok.special_id(t) for t in SPECIAL_TOKENS] == list(range(tok.base_size, tok.base_size + 4))
     ids, _ = encode_chat(tok, CONVERSATION)
     # user text that spells a special token is encoded as ordinary pieces, never as the token
-    user_ids = tok.encode(CONVERSATION[1]["content"])
+    user_ids = tok.encode_content(CONVERSATION[1]["content"])
     assert all(i < tok.base_size for i in user_ids)
     assert ids.count(tok.end) == len(CONVERSATION)
 
@@ -82,7 +82,7 @@ def test_only_assistant_tokens_are_targets(tok):
     expected = []
     for m in CONVERSATION:
         if m["role"] == "assistant":
-            expected += tok.encode(m["content"]) + [tok.end]
+            expected += tok.encode_content(m["content"]) + [tok.end]
     assert scored == expected  # the replies and their <|end|>: nothing of the system or user turns
     # a padded batch: padding is never a target either
     x, y = collate(encode_examples(tok, [CONVERSATION, CONVERSATION[:3]], 1000)[0], tok.eos)
@@ -98,7 +98,7 @@ def test_loss_ignores_prompt_tokens(tok, base):
     [(x, y)] = encode_examples(tok, [a], 100)[0]
     x, y = torch.tensor([x]), torch.tensor([y])
     scored = y[0] != IGNORE_INDEX
-    assert int(scored.sum()) == len(tok.encode("Bom dia.")) + 1
+    assert int(scored.sum()) == len(tok.encode_content("Bom dia.")) + 1
     logits = model(x).logits[0]
     manual = torch.nn.functional.cross_entropy(logits[scored], y[0][scored])
     assert model(x, y).loss.item() == pytest.approx(manual.item(), rel=1e-5)

@@ -76,8 +76,16 @@ class ChatTokenizer:
         return {t: self.special_id(t) for t in SPECIAL_TOKENS}
 
     def encode(self, text: str) -> list[int]:
-        """Plain text to piece ids (never a special id, whatever the text says)."""
+        """Plain text to piece ids as it starts a paragraph (SentencePiece's dummy-prefix `▁` first)."""
         return self.sp.encode(text)
+
+    def encode_content(self, text: str) -> list[int]:
+        """A message's text to piece ids, *without* the dummy prefix: text right after a special token
+        is not the start of a paragraph. This is what transformers' Llama tokenizer does after an added
+        token (legacy=False), so `apply_chat_template` gives the ids encode_chat gives. Never a
+        special id, whatever the text says. (The trick: encode behind a fixed piece, then drop it.)"""
+        anchor = self.sp.id_to_piece(self.sp.unk_id())
+        return self.sp.encode(anchor + text)[len(self.sp.encode(anchor)) :]
 
     def decode(self, ids: list[int]) -> str:
         """Piece ids to text; special ids are written as their token strings, BOS/EOS dropped."""
@@ -154,7 +162,7 @@ def encode_chat(
     """
     ids, assistant = [tok.bos], [False]
     for m in messages:
-        content = tok.encode(m["content"]) + [tok.end]
+        content = tok.encode_content(m["content"]) + [tok.end]
         ids += [tok.role_id(m["role"])] + content
         assistant += [False] + [m["role"] == "assistant"] * len(content)
     if add_generation_prompt:
@@ -392,3 +400,48 @@ def load_chat_session(run_or_checkpoint: str | Path, device: str = "cpu") -> Cha
         raise ValueError(f"{checkpoint} was tuned with other special token ids than its tokenizer gives")
     model = load_model(checkpoint, device=device)
     return ChatSession(model, tok, name=path.name)
+
+
+# -----------------------------------------------------------------------------------------------
+# Hugging Face export
+
+
+def add_chat_to_hf_folder(folder: str | Path, chat: dict) -> None:
+    """Describe the chat tokens and template in an exported transformers folder (training/export_hf.py).
+
+    tokenizer_config.json gets the special tokens at their ids (added after the SentencePiece pieces,
+    as here) and the Jinja `chat_template`; generation_config.json stops at <|end|> as well as EOS, so
+    `apply_chat_template` + `generate` reproduce a reply of ours.
+    """
+    import json
+
+    folder = Path(folder)
+    special = chat["special_tokens"]
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    decoder = config.setdefault("added_tokens_decoder", {})
+    for token, i in special.items():
+        decoder[str(i)] = {
+            "content": token,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+    config["additional_special_tokens"] = list(special)
+    config["chat_template"] = chat["hf_chat_template"]
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    for name in ("special_tokens_map.json",):
+        path = folder / name
+        if path.is_file():
+            tokens = json.loads(path.read_text())
+            tokens["additional_special_tokens"] = list(special)
+            path.write_text(json.dumps(tokens, indent=2, ensure_ascii=False) + "\n")
+    generation_path = folder / "generation_config.json"
+    if generation_path.is_file():
+        generation = json.loads(generation_path.read_text())
+        eos = generation.get("eos_token_id")
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        generation["eos_token_id"] = [*eos, special["<|end|>"]]
+        generation_path.write_text(json.dumps(generation, indent=2) + "\n")
