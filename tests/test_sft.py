@@ -233,3 +233,18 @@ def test_cli_sft_reports_a_bad_row(base, tmp_path):
     assert result.exit_code != 0
     assert isinstance(result.exception, UserError) or "line 2" in result.output
     assert "line 2" in str(result.exception or result.output)
+
+
+def test_demo_ends_with_a_chat_exchange(base, tmp_path, capsys):
+    from ptgpt.cli.chat import demo_chat
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        demo_chat(base, tmp_path / "sft", max_steps=2, score_items=4)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "held-out instructions (4 items" in out
+    exchange = out.split("(a held-out question):\n")[1]
+    assert exchange.startswith("> ") and ("Quem" in exchange or "«" in exchange)

@@ -193,6 +193,38 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def demo_chat(base: Path, run_dir: Path, max_steps: int, score_items: int = 60) -> None:
+    """The end of `ptgpt demo`: SFT on the built-in instructions, the held-out scores, one exchange."""
+    from corpus.instructions import InstructionConfig, write_instructions
+    from training.chat import SamplingConfig, load_chat_session
+    from training.sft import SFTConfig
+    from training.sft import sft as run_sft
+
+    folder = run_dir / "instructions"
+    if not (folder / "train.jsonl").is_file():
+        write_instructions(_corpus_of(base), folder, InstructionConfig())
+    click.echo(f"\ninstruction tuning on {folder / 'train.jsonl'} for {max_steps} steps")
+    config = SFTConfig(
+        base=str(base),
+        data=str(folder / "train.jsonl"),
+        run_dir=str(run_dir),
+        val_data=str(folder / "heldout.jsonl"),
+        max_steps=max_steps,
+        lr=2e-3,
+        eval_every=max_steps,
+        checkpoint_every=max_steps,
+    )
+    run_sft(config)
+    click.echo(format_report(heldout_report(base, run_dir, folder / "heldout.jsonl", score_items)))
+    heldout = [
+        json.loads(line) for line in (folder / "heldout.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    question = next((i["prompt"] for i in heldout if i["kind"] == "author"), heldout[0]["prompt"])
+    session = load_chat_session(run_dir)
+    reply = session.reply([{"role": "user", "content": question}], SamplingConfig(64, temperature=0.0))
+    click.echo(f"\nchat with {run_dir} (a held-out question):\n> {question}\n{reply.text}")
+
+
 # -----------------------------------------------------------------------------------------------
 # chat
 
