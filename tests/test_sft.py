@@ -248,3 +248,27 @@ def test_demo_ends_with_a_chat_exchange(base, tmp_path, capsys):
     assert "held-out instructions (4 items" in out
     exchange = out.split("(a held-out question):\n")[1]
     assert exchange.startswith("> ") and ("Quem" in exchange or "«" in exchange)
+
+
+def test_chat_repl_keeps_history_drops_old_turns_and_resets(corpus, base, tmp_path):
+    from training.chat import chat_metadata
+
+    tok = load_chat_tokenizer(corpus / "tokenizer.model")
+    model = add_chat_tokens(ckpt.load_model(base), tok)
+    run = tmp_path / "chat"
+    ckpt.save_model(model, run, extra={"tokenizer_path": tok.path, "chat": chat_metadata(tok)})
+    long = "Era uma vez um rei que tinha três filhas muito bonitas e um castelo. " * 2
+    session = "\n".join([long, long, long, "/reset", "Olá", "/quit"]) + "\n"
+    args = ["chat", "--run", str(run), "--max-new-tokens", "30", "--seed", "0"]
+    result = CliRunner().invoke(main, args, input=session)
+    assert result.exit_code == 0, result.output
+    assert "oldest message(s) dropped to fit the 160-token context" in result.output
+    assert "[conversation reset]" in result.output
+    assert result.output.count("> ") >= 5  # one prompt per line read
+    too_long = CliRunner().invoke(main, [*args, "--prompt", "palavra " * 300])
+    assert too_long.exit_code == 0 and "context" in too_long.output
+
+
+def test_chat_refuses_a_model_that_was_not_tuned(base):
+    result = CliRunner().invoke(main, ["chat", "--run", str(base), "--prompt", "Olá"])
+    assert result.exit_code != 0 and "sft" in str(result.exception)

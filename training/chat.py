@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from common.errors import UserError
 from training.model import GPT, KVCache, sample_next_token
 
 SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -389,15 +390,15 @@ def load_chat_session(run_or_checkpoint: str | Path, device: str = "cpu") -> Cha
     checkpoint = best_checkpoint(path) if (path / "checkpoints").is_dir() else path
     meta = read_checkpoint_config(checkpoint)
     if not meta.get("tokenizer_path"):
-        raise ValueError(f"{checkpoint}/config.json records no tokenizer_path")
+        raise UserError(f"{checkpoint}/config.json records no tokenizer_path")
     tok = load_chat_tokenizer(meta["tokenizer_path"])
     if "chat" not in meta:
-        raise ValueError(
+        raise UserError(
             f"{checkpoint} is not a chat model (no chat template recorded): "
             f"fine-tune it first with `ptgpt sft --base {path} ...`"
         )
     if meta["chat"].get("special_tokens") != tok.special_ids():
-        raise ValueError(f"{checkpoint} was tuned with other special token ids than its tokenizer gives")
+        raise UserError(f"{checkpoint} was tuned with other special token ids than its tokenizer gives")
     model = load_model(checkpoint, device=device)
     return ChatSession(model, tok, name=path.name)
 

@@ -177,8 +177,9 @@ class EpochSampler:
 
     def load_state_dict(self, state: dict) -> None:
         if state["n"] != self.n:
-            raise ValueError(
-                f"the checkpoint was trained on {state['n']} examples, the data now has {self.n}"
+            raise UserError(
+                f"the checkpoint was trained on {state['n']} conversations, the data now has {self.n}: "
+                "resume with the same --data, or use a new --run"
             )
         self.epoch, self.position = state["epoch"], state["position"]
 
@@ -225,7 +226,7 @@ def load_base(base: str | Path, device: torch.device) -> tuple[GPT, ChatTokenize
     checkpoint = resolve_checkpoint(base)
     meta = ckpt.read_checkpoint_config(checkpoint)
     if not meta.get("tokenizer_path"):
-        raise ValueError(f"{checkpoint}/config.json records no tokenizer_path")
+        raise UserError(f"{checkpoint}/config.json records no tokenizer_path: not a run of `ptgpt train`?")
     tok = load_chat_tokenizer(meta["tokenizer_path"])
     model = ckpt.load_model(checkpoint)
     if "chat" not in meta:

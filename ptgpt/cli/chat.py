@@ -260,18 +260,26 @@ def chat(
         nonlocal history
         history.append({"role": "user", "content": message})
         reserve = min(max_new_tokens, session.context // 2)
-        prompt_ids, dropped = session.chat_prompt(history, reserve)
+        try:
+            prompt_ids, dropped = session.chat_prompt(history, reserve)
+        except ValueError as e:  # this one message does not fit: say so, keep chatting
+            history.pop()
+            click.echo(f"[{e}]", err=True)
+            return
         if dropped:
             history = history[:1] + history[1 + dropped :] if start else history[dropped:]
-            click.echo(
-                f"[{dropped} oldest message(s) dropped to fit the {session.context}-token context]", err=True
-            )
-        for piece in session.stream(prompt_ids, sampling):
-            if isinstance(piece, Reply):
-                history.append({"role": "assistant", "content": piece.text})
-            else:
-                click.echo(piece, nl=False)
-                sys.stdout.flush()
+            notice = f"[{dropped} oldest message(s) dropped to fit the {session.context}-token context]"
+            click.echo(notice, err=True)
+        pieces = []
+        try:
+            for piece in session.stream(prompt_ids, sampling):
+                if not isinstance(piece, Reply):
+                    pieces.append(piece)
+                    click.echo(piece, nl=False)
+                    sys.stdout.flush()
+        except KeyboardInterrupt:  # Ctrl-C stops this reply, not the session
+            click.echo(" [interrupted]", nl=False)
+        history.append({"role": "assistant", "content": "".join(pieces)})
         click.echo()
 
     if prompt is not None:
