@@ -221,7 +221,7 @@ def demo_chat(base: Path, run_dir: Path, max_steps: int, score_items: int = 60) 
     ]
     question = next((i["prompt"] for i in heldout if i["kind"] == "author"), heldout[0]["prompt"])
     session = load_chat_session(run_dir)
-    reply = session.reply([{"role": "user", "content": question}], SamplingConfig(64, temperature=0.0))
+    reply = session.reply([{"role": "user", "content": question}], SamplingConfig(64, 0.7, top_k=40, seed=0))
     click.echo(f"\nchat with {run_dir} (a held-out question):\n> {question}\n{reply.text}")
 
 
