@@ -169,15 +169,17 @@ def sft_config(base: Path, data: Path, run: Path, **kw) -> SFTConfig:
     return SFTConfig(base=str(base), data=str(data), run_dir=str(run), **{**base_kw, **kw})
 
 
-def write_items(path: Path, corpus: Path, n: int = 24) -> Path:
+def write_items(path: Path, corpus: Path, n: int = 24, kind: str | None = None) -> Path:
     train, _ = make_instructions(read_paragraphs(corpus), InstructionConfig())
-    rows = [{"prompt": i["prompt"], "response": i["response"]} for i in train[:n]]
+    rows = [{"prompt": i["prompt"], "response": i["response"]} for i in train if kind in (None, i["kind"])][
+        :n
+    ]
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return path
 
 
 def test_sft_learns_replies_and_records_the_template(corpus, base, tmp_path):
-    data = write_items(tmp_path / "data.jsonl", corpus, n=4)
+    data = write_items(tmp_path / "data.jsonl", corpus, n=4, kind="author")
     summary = sft(sft_config(base, data, tmp_path / "sft", max_steps=25, lr=1e-2, checkpoint_every=25))
     losses = [r["loss"] for r in read_metrics(tmp_path / "sft")]
     assert len(losses) == 25 and losses[-1] < 0.5 * losses[0]
