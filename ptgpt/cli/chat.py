@@ -54,7 +54,7 @@ def instructions(corpus_dir: Path, out_dir: Path, seed: int) -> None:
     click.echo(json.dumps(counts, ensure_ascii=False))
 
 
-def score_heldout(model, tok, items: list[dict], max_new_tokens: int = 48) -> dict:
+def score_heldout(model, tok, items: list[dict], max_new_tokens: int = 32) -> dict:
     """Greedy replies to held-out items, scored by corpus.instructions.score_reply: accuracy per kind."""
     from corpus.instructions import score_reply
     from training.sft import greedy_reply
