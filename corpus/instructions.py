@@ -153,6 +153,7 @@ def make_instructions(
                     "response": f"De «{title}»{by}.",
                     "kind": "title",
                     "answer": _fold(title),
+                    "author": key,
                 }
                 (heldout if rng.random() < config.heldout_frac else train).append(item)
         for p in rng.sample(long_rows, min(config.per_book_continuations, len(long_rows))):
@@ -178,10 +179,16 @@ def score_reply(item: dict, reply: str) -> bool:
     """Is `reply` right? author: names the author's surname; title: contains the title;
     continuation: starts with the real next word."""
     if item["kind"] == "author":
-        return item["answer"] in {author_key(w) for w in re.findall(r"\w+", reply)}
+        return names_author(item["answer"], reply)
     if item["kind"] == "title":
         return item["answer"] in _fold(reply)
     return _first_word(reply) == item["answer"]
+
+
+def names_author(key: str, reply: str) -> bool:
+    """Does `reply` name the author whose author_key is `key`? (For title items: the excerpt's author,
+    a softer score than the exact title: style told apart, not the book.)"""
+    return bool(key) and key in {author_key(w) for w in re.findall(r"\w+", reply)}
 
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:

@@ -56,16 +56,22 @@ def instructions(corpus_dir: Path, out_dir: Path, seed: int) -> None:
 
 def score_heldout(model, tok, items: list[dict], max_new_tokens: int = 32) -> dict:
     """Greedy replies to held-out items, scored by corpus.instructions.score_reply: accuracy per kind."""
-    from corpus.instructions import score_reply
+    from corpus.instructions import names_author, score_reply
     from training.sft import greedy_reply
 
     right: dict[str, list[int]] = {}
+    excerpt_author: list[int] = []  # title items whose reply names the right author
     for item in items:
-        ok = score_reply(item, greedy_reply(model, tok, item["prompt"], max_new_tokens))
-        right.setdefault(item["kind"], []).append(int(ok))
+        reply = greedy_reply(model, tok, item["prompt"], max_new_tokens)
+        right.setdefault(item["kind"], []).append(int(score_reply(item, reply)))
+        if item["kind"] == "title" and item.get("author"):
+            excerpt_author.append(int(names_author(item["author"], reply)))
     per_kind = {k: {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(right.items())}
     n = sum(len(v) for v in right.values())
-    return {"n": n, "accuracy": sum(sum(v) for v in right.values()) / max(n, 1), "per_kind": per_kind}
+    report = {"n": n, "accuracy": sum(sum(v) for v in right.values()) / max(n, 1), "per_kind": per_kind}
+    if excerpt_author:
+        report["title_items_author_named"] = sum(excerpt_author) / len(excerpt_author)
+    return report
 
 
 def _pick_items(items: list[dict], limit: int) -> list[dict]:
@@ -189,6 +195,8 @@ def format_report(report: dict) -> str:
     for name in ("base", "tuned"):
         r = report[name]
         kinds = ", ".join(f"{k} {v['accuracy']:.1%} of {v['n']}" for k, v in r["per_kind"].items())
+        if "title_items_author_named" in r:
+            kinds += f"; title items naming the right author {r['title_items_author_named']:.1%}"
         lines.append(f"  {name:5s} {r['accuracy']:.1%}  ({kinds})")
     return "\n".join(lines)
 
