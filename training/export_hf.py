@@ -194,6 +194,7 @@ def export_model(
     dtype: str = "float32",
     overwrite: bool = False,
     finalize: Callable[[Path], None] | None = None,
+    chat: dict | None = None,
 ) -> Path:
     """Write `model` as a transformers folder at out_dir (built in a temporary folder, then renamed).
 
@@ -234,6 +235,10 @@ def export_model(
             k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if config[k] is not None
         }
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+        if chat is not None:  # an SFT checkpoint: its chat tokens and template (training/chat.py)
+            from training.chat import add_chat_to_hf_folder
+
+            add_chat_to_hf_folder(tmp, chat)
         if finalize is not None:
             finalize(tmp)
         if out.exists():
@@ -266,4 +271,7 @@ def export_checkpoint(
             if not tokenizer_path.is_absolute() and not tokenizer_path.exists():
                 tokenizer_path = checkpoint_dir / tokenizer_path
     model = load_model(checkpoint_dir)
-    return export_model(model, out_dir, tokenizer_path, dtype=dtype, overwrite=overwrite, finalize=finalize)
+    chat = read_checkpoint_config(checkpoint_dir).get("chat")
+    return export_model(
+        model, out_dir, tokenizer_path, dtype=dtype, overwrite=overwrite, finalize=finalize, chat=chat
+    )

@@ -17,6 +17,7 @@ import click
 
 from common.errors import UserError, describe_os_error
 from ptgpt import __version__
+from ptgpt.cli.chat import chat, classify, instructions, serve_model, sft
 from ptgpt.cli.corpus import corpus
 from ptgpt.cli.demo import demo
 from ptgpt.cli.evaluate import compare, eval_command
@@ -68,3 +69,8 @@ main.add_command(export_hf)
 main.add_command(build)
 main.add_command(run)
 main.add_command(serve)
+main.add_command(instructions)
+main.add_command(sft)
+main.add_command(chat)
+main.add_command(serve_model)
+main.add_command(classify)

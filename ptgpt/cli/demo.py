@@ -38,7 +38,8 @@ DEMO_TRAINING = {
 @click.option("--vocab-size", type=click.IntRange(min=300), default=2000, show_default=True)
 @click.option("--max-steps", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--prompt", default="Era uma vez", show_default=True)
-def demo(out: Path, extra_books: int, vocab_size: int, max_steps: int, prompt: str) -> None:
+@click.option("--sft-steps", type=click.IntRange(min=0), default=150, show_default=True, help="0: no chat.")
+def demo(out: Path, extra_books: int, vocab_size: int, max_steps: int, prompt: str, sft_steps: int) -> None:
     """Serve a local Gutenberg-layout mirror of sample books, run corpus-and-train on it, generate.
 
     The same flow runs against gutenberg.org with `ptgpt run`. Rerunning resumes: stored books,
@@ -76,3 +77,7 @@ def demo(out: Path, extra_books: int, vocab_size: int, max_steps: int, prompt: s
     tokenizer = load_tokenizer(read_checkpoint_config(checkpoint)["tokenizer_path"])
     [text] = generate_samples(model, tokenizer, [prompt], max_new_tokens=60, temperature=0.8, top_k=50)
     click.echo(f"\nsample from {checkpoint.name}:\n{text}")
+    if sft_steps:  # after pre-training: instruction tuning on the corpus's own questions, then a chat
+        from ptgpt.cli.chat import demo_chat
+
+        demo_chat(out / "run", out / "sft", sft_steps)
