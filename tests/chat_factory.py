@@ -12,7 +12,7 @@ import torch
 from corpus_factory import SCHEMA
 
 from corpus.tokenizer import TokenizerConfig, load_tokenizer, train_tokenizer
-from scraping.sample_books import sample_books
+from fakegutenberg.books import sample_books
 from training.checkpoint import save_model
 from training.model import GPT, ModelConfig
 

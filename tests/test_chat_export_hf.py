@@ -10,8 +10,8 @@ import torch
 from chat_factory import book_paragraphs, write_base_run, write_sample_corpus
 from click.testing import CliRunner
 
+from fakegutenberg.books import sample_books
 from ptgpt.cli import main
-from scraping.sample_books import sample_books
 from training.chat import (
     SamplingConfig,
     add_chat_tokens,

@@ -384,10 +384,10 @@ class ChatSession:
 
 def load_chat_session(run_or_checkpoint: str | Path, device: str = "cpu") -> ChatSession:
     """The model and tokenizer of an SFT run (or any checkpoint with chat rows) ready to chat."""
-    from training.checkpoint import best_checkpoint, load_model, read_checkpoint_config
+    from training.checkpoint import load_model, newest_valid_checkpoint, read_checkpoint_config
 
     path = Path(run_or_checkpoint)
-    checkpoint = best_checkpoint(path) if (path / "checkpoints").is_dir() else path
+    checkpoint = newest_valid_checkpoint(path) if (path / "checkpoints").is_dir() else path
     meta = read_checkpoint_config(checkpoint)
     if not meta.get("tokenizer_path"):
         raise UserError(f"{checkpoint}/config.json records no tokenizer_path")

@@ -249,7 +249,9 @@ def train_classifier(
         nb = NaiveBayes().fit([t for t, _ in train], train_y, len(labels))
         report["bag_of_words"] = scores(test_y, nb.predict([t for t, _ in test]), len(labels))
 
-        checkpoint = ckpt.best_checkpoint(c.base) if (Path(c.base) / "checkpoints").is_dir() else Path(c.base)
+        checkpoint = (
+            ckpt.newest_valid_checkpoint(c.base) if (Path(c.base) / "checkpoints").is_dir() else Path(c.base)
+        )
         meta = ckpt.read_checkpoint_config(checkpoint)
         sp = spm.SentencePieceProcessor(model_file=meta["tokenizer_path"])
         torch.manual_seed(c.seed)

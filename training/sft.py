@@ -218,7 +218,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if (path / ckpt.CONFIG_FILE).is_file() and (path / ckpt.WEIGHTS_FILE).is_file():
         return path
-    return ckpt.best_checkpoint(path)
+    return ckpt.newest_valid_checkpoint(path)
 
 
 def load_base(base: str | Path, device: torch.device) -> tuple[GPT, ChatTokenizer, dict]:
