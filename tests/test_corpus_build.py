@@ -18,6 +18,7 @@ from common.files import sha256_file
 from corpus.build import CorpusConfig, build_corpus, list_raw_books, load_manifest
 from corpus.shards import ShardConfig
 from corpus.tokenizer import TokenizerConfig, load_tokenizer
+from ptgpt.cli import main
 from ptgpt.cli.corpus import corpus as corpus_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -248,7 +249,7 @@ def test_stats_refuses_an_unfinished_corpus(tmp_path) -> None:
 def test_build_rejects_an_empty_raw_store(tmp_path) -> None:
     (tmp_path / "raw").mkdir()
     result = CliRunner().invoke(
-        corpus_cli, ["build", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "o")]
+        main, ["corpus", "build", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "o")]
     )
     assert result.exit_code != 0 and "no <id>.txt books" in result.output
 
