@@ -264,7 +264,7 @@ def _sft(c: SFTConfig, device: torch.device) -> dict:
     start_step = 0
     if resume_dir is not None:
         model = ckpt.load_model(resume_dir, device=device)
-        _, trainer, opt_tensors, trainer_tensors = ckpt.load_training_checkpoint(resume_dir, device)
+        trainer, opt_tensors, trainer_tensors = ckpt.load_training_checkpoint(resume_dir, model, device)
         optimizer_state = ckpt.optimizer_state_from_tensors(opt_tensors, trainer["optimizer"])
         sampler.load_state_dict(trainer["sampler"])
         torch.set_rng_state(trainer_tensors["rng.torch_cpu"])
