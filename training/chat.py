@@ -26,6 +26,7 @@ import torch
 
 from common.errors import UserError
 from training.model import GPT, KVCache, sample_next_token
+from training.precision import pick_device
 
 SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 ROLES = ("system", "user", "assistant")
@@ -399,7 +400,7 @@ def load_chat_session(run_or_checkpoint: str | Path, device: str = "cpu") -> Cha
         )
     if meta["chat"].get("special_tokens") != tok.special_ids():
         raise UserError(f"{checkpoint} was tuned with other special token ids than its tokenizer gives")
-    model = load_model(checkpoint, device=device)
+    model = load_model(checkpoint, device=pick_device(device))
     return ChatSession(model, tok, name=path.name)
 
 

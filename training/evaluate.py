@@ -20,6 +20,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from training.data import IGNORE_INDEX, iter_eval_windows
+from training.precision import choose_precision, cuda_capability
 
 SAMPLE_PROMPTS = [
     "Era uma vez",
@@ -30,10 +31,12 @@ SAMPLE_PROMPTS = [
 
 
 def autocast_context(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing (fp32) elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """What `--precision auto` trains with: bf16 autocast on Ampere or newer, fp16 on older GPUs (a T4
+    would only emulate bf16, many times slower), nothing (fp32) on CPU and MPS."""
+    kind = choose_precision("auto", device.type, cuda_capability(device))
+    if kind == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if kind == "bf16" else torch.float16)
 
 
 @torch.no_grad()

@@ -38,6 +38,7 @@ from training.chat import (
 )
 from training.metrics import MetricsLogger, ProgressBar, plot_run
 from training.model import GPT, IGNORE_INDEX
+from training.precision import pick_device
 
 RUN_CONFIG_FILE = "config.json"
 
@@ -236,9 +237,7 @@ def load_base(base: str | Path, device: torch.device) -> tuple[GPT, ChatTokenize
 
 def sft(c: SFTConfig) -> dict:
     """Fine-tune (or continue) c.run_dir up to c.max_steps; returns a summary dict."""
-    device = torch.device(
-        "cuda" if c.device == "cuda" or (c.device == "auto" and torch.cuda.is_available()) else "cpu"
-    )
+    device = pick_device(c.device)
     threads = torch.get_num_threads()
     if c.threads:
         torch.set_num_threads(c.threads)

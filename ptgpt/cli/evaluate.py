@@ -24,12 +24,6 @@ def _checkpoint_of(run_dir: Path | None, checkpoint_dir: Path | None) -> Path:
         raise UserError(str(e)) from None  # says where it looked and what to do
 
 
-def _device(name: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 def _names(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     unknown = [n for n in names if n not in allowed]
@@ -112,7 +106,7 @@ def format_report(result: dict, worst_best: int = 3) -> str:
 @click.option("--block-size", type=int, default=None, help="Tokens per bpb window [default: the run's].")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--max-batches", type=int, default=None, help="bpb on only this many batches per split.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cuda, mps or cpu.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's].")
 def eval_command(
     run_dir: Path | None,
@@ -147,6 +141,7 @@ def eval_command(
     from training.data import CorpusError, CorpusInfo, check_tokenizer
     from training.eval_tasks import run_suite
     from training.evaluate import load_tokenizer
+    from training.precision import pick_device
 
     try:
         meta = read_checkpoint_config(checkpoint)
@@ -174,7 +169,7 @@ def eval_command(
         import torch
 
         torch.set_num_threads(threads)
-    model = load_model(checkpoint, device=_device(device))
+    model = load_model(checkpoint, device=pick_device(device))
     try:
         result = run_suite(
             model,

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import click
 
-from common.errors import UserError
 from training.config import TrainConfig
 
 
@@ -120,13 +119,10 @@ def _checkpoint_of(run_dir: Path | None, checkpoint_dir: Path | None) -> Path:
 
 
 def _device(name: str) -> str:
-    import torch
+    """--device as torch names it: auto picks cuda, then mps, then cpu; a missing one is a UserError."""
+    from training.precision import pick_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for, but torch sees no GPU: use --device cpu (or auto)")
-    return name
+    return str(pick_device(name))
 
 
 _run_option = click.option(
@@ -138,7 +134,7 @@ _checkpoint_option = click.option(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A checkpoint folder instead of the run's newest.",
 )
-_device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+_device_option = click.option("--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cuda, mps or cpu.")
 
 
 @click.command("generate")
