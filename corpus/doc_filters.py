@@ -1,0 +1,216 @@
+"""Document-level cleaning and filters for web-like text (the `--extra` sources), with reason codes.
+
+Gutenberg books go through decode -> boilerplate -> unwrap -> paragraph filters (corpus/clean.py). A
+document of another source (a web page, a Wikipedia article, a line of a JSONL dump) has no Gutenberg
+header and no hard-wrapped lines, but it has its own junk: menus, cookie banners, link lists, pages of
+keywords, machine-made text that repeats itself. `clean_document` runs, in order:
+
+    lines       NFC, whitespace collapsed; lines that are a URL or site boilerplate are removed
+                (`url_line`, `boilerplate_line` paragraph drops), and a document made mostly of them
+                is rejected (`boilerplate`)
+    length      `too_short` / `too_long` (words)
+    paragraphs  each line is a paragraph; corpus/filters.py's paragraph filters (the same as for the
+                books: too_short, toc_index, symbols, digits, repeated, not_portuguese)
+    language    `not_portuguese` when most language-tested text is not pt (Galician counts as pt, as
+                for the books: the identifier confuses the two on real Portuguese)
+    quality     Gopher-style (Rae et al. 2021) rules with Portuguese settings: `mean_word_length`,
+                `symbols`, `digits`, `uppercase`, `few_letters`, `few_stop_words` (Portuguese function
+                words), `bullet_lines`, `ellipsis_lines`
+    repetition  Gopher's repetition rules: `duplicate_lines`, `duplicate_line_chars`,
+                `top_ngram_<n>` (the most frequent n-gram covers too many characters) and
+                `duplicate_ngram_<n>` (characters inside n-grams seen more than once)
+    left        `too_little_text` when the paragraph filters kept less than `min_kept_fraction`
+
+The thresholds are Gopher's where they are language-neutral; the word-length window, the stop words
+and the digit ratio were set for Portuguese (mean word length of Portuguese prose is ~4.6 letters,
+Gopher's English window is 3-10; Portuguese dates and numbers are written with more digits than the
+English rule allows for news text).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+
+from corpus.filters import FilterConfig, filter_paragraphs
+
+# Function words of Portuguese (pt-PT and pt-BR): real text holds several of them, keyword lists,
+# tables and other languages few.
+# fmt: off
+STOP_WORDS = frozenset({
+    "de", "a", "o", "que", "e", "do", "da", "em", "um", "para", "é", "com", "não", "uma", "os", "no", "se",
+    "na", "por", "mais", "as", "dos", "como", "mas", "foi", "ao", "ele", "das", "tem", "à", "seu", "sua",
+    "ou", "ser", "quando", "muito", "há", "nos", "já", "está", "eu", "também", "só", "pelo", "pela", "até",
+    "isso", "ela", "entre", "era", "depois", "sem", "mesmo", "aos", "ter", "seus", "quem", "nas", "me",
+})
+# Lines that are the furniture of a web page, not its text (lower-case substrings).
+BOILERPLATE_PHRASES = (
+    "cookies", "política de privacidade", "politica de privacidade", "termos de uso", "termos e condições",
+    "todos os direitos reservados", "direitos reservados", "clique aqui", "leia mais", "leia também",
+    "compartilhe", "compartilhar", "inscreva-se", "assine a newsletter", "newsletter", "faça login",
+    "fazer login", "iniciar sessão", "javascript", "siga-nos", "publicidade", "voltar ao topo", "copyright",
+)
+# fmt: on
+_URL = re.compile(r"https?://|www\.\w|\b[\w.-]+\.(?:com|org|net|br|pt)(?:/|\b)", re.IGNORECASE)
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
+_WORD = re.compile(r"\S+")
+_BULLETS = ("•", "●", "▪", "‣", "-", "*", "·", "►", "»")
+
+
+@dataclass(frozen=True)
+class DocFilterConfig:
+    min_words: int = 50  # fewer: a snippet, a caption, a menu
+    max_words: int = 1_000_000  # more: a dump of something, not one document
+    min_mean_word_length: float = 3.0  # letters per word; Portuguese prose ~4.6
+    max_mean_word_length: float = 9.0  # long "words": URLs, hashes, glued text
+    max_symbol_word_ratio: float = 0.1  # "#" and "…" per word (Gopher)
+    max_digit_ratio: float = 0.15  # digits / non-space characters
+    max_uppercase_ratio: float = 0.25  # upper-case / letters: SHOUTING, lists of names
+    min_letter_word_fraction: float = 0.8  # words with at least one letter (Gopher)
+    min_stop_words: int = 2  # distinct Portuguese function words
+    max_bullet_line_fraction: float = 0.9  # Gopher
+    max_ellipsis_line_fraction: float = 0.3  # Gopher: lines ending in "..." are teasers
+    max_boilerplate_line_fraction: float = 0.5  # of the lines: URL and boilerplate lines
+    max_duplicate_line_fraction: float = 0.3  # Gopher
+    max_duplicate_line_char_fraction: float = 0.2  # Gopher
+    # Gopher: the most frequent n-gram may cover at most this share of the characters of words
+    top_ngram_fractions: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
+    # Gopher: characters of words inside n-grams that occur more than once
+    duplicate_ngram_fractions: tuple[tuple[int, float], ...] = ((5, 0.15), (7, 0.13), (10, 0.10))
+    min_kept_fraction: float = 0.2  # share of the text the paragraph filters must keep
+    paragraph: FilterConfig = field(default_factory=FilterConfig)
+
+
+class DocumentRejected(Exception):
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+@dataclass
+class CleanedDocument:
+    paragraphs: list[str]
+    drops: dict[str, int]  # reason -> paragraphs (lines) dropped inside a kept document
+    chars: int  # characters of the document's lines before any drop
+
+
+def clean_lines(text: str) -> list[str]:
+    """NFC, one stripped line per non-empty line, runs of spaces collapsed."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
+    lines = []
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        line = _SPACES.sub(" ", line).strip()
+        if line:
+            lines.append(line)
+    return lines
+
+
+def line_junk(line: str) -> str | None:
+    """`url_line` or `boilerplate_line` for a line that is page furniture, else None."""
+    lower = line.lower()
+    words = len(line.split())
+    if _URL.search(line) and (words <= 8 or len(_URL.findall(line)) * 8 >= words):
+        return "url_line"
+    if words <= 25 and any(p in lower for p in BOILERPLATE_PHRASES):
+        return "boilerplate_line"
+    return None
+
+
+def _ngram_checks(words: list[str], config: DocFilterConfig) -> str | None:
+    """Gopher's n-gram repetition rules on the word list; the first failing rule's reason."""
+    total = sum(map(len, words)) or 1
+    for n, limit in config.top_ngram_fractions:
+        if len(words) < n:
+            continue
+        grams = Counter(zip(*(words[i:] for i in range(n)), strict=False))
+        gram, count = grams.most_common(1)[0]
+        if count > 1 and count * sum(map(len, gram)) / total > limit:
+            return f"top_ngram_{n}"
+    for n, limit in config.duplicate_ngram_fractions:
+        if len(words) < n:
+            continue
+        grams = list(zip(*(words[i:] for i in range(n)), strict=False))
+        counts = Counter(grams)
+        covered = bytearray(len(words))
+        for i, gram in enumerate(grams):
+            if counts[gram] > 1:
+                covered[i : i + n] = b"\1" * n
+        dup_chars = sum(len(w) for w, c in zip(words, covered, strict=True) if c)
+        if dup_chars / total > limit:
+            return f"duplicate_ngram_{n}"
+    return None
+
+
+def quality_reason(lines: list[str], config: DocFilterConfig) -> str | None:
+    """Gopher-style quality and repetition rules over a document's lines; None if it passes."""
+    text = "\n".join(lines)
+    words = _WORD.findall(text)
+    n_words = len(words)
+    if n_words < config.min_words:
+        return "too_short"
+    if n_words > config.max_words:
+        return "too_long"
+    letters_per_word = sum(sum(c.isalpha() for c in w) for w in words) / n_words
+    if not config.min_mean_word_length <= letters_per_word <= config.max_mean_word_length:
+        return "mean_word_length"
+    symbols = sum(w.count("#") + w.count("…") + w.count("...") for w in words)
+    if symbols / n_words > config.max_symbol_word_ratio:
+        return "symbols"
+    non_space = sum(map(len, words))
+    if sum(c.isdigit() for c in text) / non_space > config.max_digit_ratio:
+        return "digits"
+    letters = [c for c in text if c.isalpha()]
+    if letters and sum(c.isupper() for c in letters) / len(letters) > config.max_uppercase_ratio:
+        return "uppercase"
+    if sum(any(c.isalpha() for c in w) for w in words) / n_words < config.min_letter_word_fraction:
+        return "few_letters"
+    lower = [w.lower().strip(",.;:!?«»\"'()") for w in words]
+    if len(STOP_WORDS.intersection(lower)) < config.min_stop_words:
+        return "few_stop_words"
+    if sum(line.startswith(_BULLETS) for line in lines) / len(lines) > config.max_bullet_line_fraction:
+        return "bullet_lines"
+    if sum(line.endswith(("...", "…")) for line in lines) / len(lines) > config.max_ellipsis_line_fraction:
+        return "ellipsis_lines"
+    line_counts = Counter(lines)
+    dup_lines = [line for line in lines if line_counts[line] > 1]
+    if len(dup_lines) / len(lines) > config.max_duplicate_line_fraction:
+        return "duplicate_lines"
+    if sum(map(len, dup_lines)) / max(1, len(text)) > config.max_duplicate_line_char_fraction:
+        return "duplicate_line_chars"
+    return _ngram_checks(lower, config)
+
+
+def clean_document(text: str, config: DocFilterConfig | None = None) -> CleanedDocument:
+    """Clean and filter one document; raises DocumentRejected(reason) instead of returning junk."""
+    config = config or DocFilterConfig()
+    lines = clean_lines(text)
+    if not lines:
+        raise DocumentRejected("empty")
+    chars = sum(map(len, lines))
+    drops: Counter[str] = Counter()
+    content = []
+    for line in lines:
+        junk = line_junk(line)
+        if junk:
+            drops[junk] += 1
+        else:
+            content.append(line)
+    if not content or (len(lines) - len(content)) / len(lines) > config.max_boilerplate_line_fraction:
+        raise DocumentRejected("boilerplate", f"{len(lines) - len(content)} of {len(lines)} lines")
+    n_words = sum(len(line.split()) for line in content)
+    if n_words < config.min_words:
+        raise DocumentRejected("too_short", f"{n_words} words")
+    result = filter_paragraphs(content, config.paragraph)
+    if result.foreign_fraction > config.paragraph.max_foreign_fraction:
+        raise DocumentRejected("not_portuguese")
+    reason = quality_reason(content, config)
+    if reason:
+        raise DocumentRejected(reason)
+    kept_chars = sum(map(len, result.kept))
+    if not result.kept or kept_chars < config.min_kept_fraction * chars:
+        raise DocumentRejected("too_little_text", f"kept {kept_chars} of {chars} characters")
+    drops.update(result.drops)
+    return CleanedDocument(paragraphs=result.kept, drops=dict(drops), chars=chars)
