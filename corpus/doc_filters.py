@@ -153,15 +153,15 @@ def quality_reason(lines: list[str], config: DocFilterConfig) -> str | None:
         return "too_short"
     if n_words > config.max_words:
         return "too_long"
+    non_space = sum(map(len, words))
+    if sum(c.isdigit() for c in text) / non_space > config.max_digit_ratio:
+        return "digits"
     letters_per_word = sum(sum(c.isalpha() for c in w) for w in words) / n_words
     if not config.min_mean_word_length <= letters_per_word <= config.max_mean_word_length:
         return "mean_word_length"
     symbols = sum(w.count("#") + w.count("…") + w.count("...") for w in words)
     if symbols / n_words > config.max_symbol_word_ratio:
         return "symbols"
-    non_space = sum(map(len, words))
-    if sum(c.isdigit() for c in text) / non_space > config.max_digit_ratio:
-        return "digits"
     letters = [c for c in text if c.isalpha()]
     if letters and sum(c.isupper() for c in letters) / len(letters) > config.max_uppercase_ratio:
         return "uppercase"
