@@ -60,7 +60,7 @@ _CODE_VERSION = _code_version()
 
 @dataclass(frozen=True)
 class ExtraSource:
-    spec: str  # a path, or a dataset name for `datasets.load_dataset`
+    spec: str  # a path, or a dataset for `datasets.load_dataset` (`NAME` or `NAME#CONFIG`)
     weight: float = 1.0  # copies of each train document in the mix (fractions: a deterministic sample)
     text_field: str = "text"
     name: str = ""  # the `source` column's value; set by `parse_extras`
@@ -188,8 +188,9 @@ def _read_file(path: Path, text_field: str, prefix: str) -> Iterator[tuple[str, 
 def _read_dataset(spec: str, text_field: str) -> Iterator[tuple[str, str]]:
     import datasets
 
+    name, _, config = spec.partition("#")  # "wikimedia/wikipedia#20231101.pt": a named configuration
     try:
-        ds = datasets.load_dataset(spec, streaming=True)
+        ds = datasets.load_dataset(name, config or None, streaming=True)
     except Exception as e:  # datasets raises many kinds: not found, offline, bad layout
         raise UserError(
             f"--extra {spec}: not a file or folder here, and datasets.load_dataset could not open it "
