@@ -58,6 +58,11 @@ MENU = (
     "Início\nNotícias\nClique aqui para assinar a newsletter\nPolítica de privacidade\nwww.exemplo.com.br\n"
     * 3
 )
+KEYWORDS = "\n".join(  # a page of search keywords: Portuguese words, no sentence
+    ", ".join(["apartamento barato", "aluguel temporada", "praia", "piscina aquecida", "garagem coberta"])
+    + f", imóveis região {bairro}"
+    for bairro in ["norte", "sul", "leste", "oeste", "centro", "litoral", "serra", "interior"]
+)
 TABLE = "\n".join(" ".join(str(100 * i + j) for j in range(12)) for i in range(20))
 
 
@@ -321,3 +326,32 @@ def test_near_duplicates_keeps_the_earliest() -> None:
     a_near[:10] = b[:10]  # ~92% equal values
     sigs = np.stack([a, b, a_near, b])
     assert near_duplicates(sigs, threshold=0.7, rows=5).tolist() == [-1, -1, 0, 1]
+
+
+@pytest.mark.parametrize(
+    "reason, text",
+    [
+        ("empty", " \n \n"),
+        ("boilerplate", MENU),
+        ("too_short", "Uma frase curta demais para ser um documento."),
+        ("not_portuguese", ENGLISH),
+        ("not_portuguese", SPANISH),
+        ("digits", TABLE + "\n" + "o que é isto de facto e para quem " * 3),
+        ("uppercase", good(5).upper()),
+        ("few_stop_words", KEYWORDS),
+        ("duplicate_lines", "\n".join([good(6).split("\n")[0]] * 6)),
+        ("mean_word_length", " ".join(["de a o e um"] * 30) + " é isso que há."),
+    ],
+)
+def test_each_document_filter_names_its_reason(reason: str, text: str) -> None:
+    with pytest.raises(DocumentRejected) as e:
+        clean_document(text)
+    assert e.value.reason == reason
+
+
+def test_page_furniture_lines_are_removed_from_kept_documents() -> None:
+    text = good(7)
+    doc = clean_document("Início\nhttps://www.exemplo.com.br/noticias\n" + text + "\nLeia mais: compartilhe")
+    assert doc.paragraphs == text.split("\n")
+    assert doc.drops == {"url_line": 1, "boilerplate_line": 1, "too_short": 1}  # "Início": the books' rule
+    assert clean_document(GALICIAN).paragraphs  # Galician is kept with Portuguese
