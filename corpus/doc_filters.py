@@ -34,6 +34,8 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from corpus.filters import FilterConfig, filter_paragraphs
 
 # Function words of Portuguese (pt-PT and pt-BR): real text holds several of them, keyword lists,
@@ -56,6 +58,10 @@ BOILERPLATE_PHRASES = (
 _URL = re.compile(r"https?://|www\.\w|\b[\w.-]+\.(?:com|org|net|br|pt)(?:/|\b)", re.IGNORECASE)
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 _WORD = re.compile(r"\S+")
+_DROP_DIGITS = dict.fromkeys(map(ord, "0123456789"))
+_NON_LETTERS = re.compile(r"[\W\d_]+")
+_WORD_WITH_LETTER = re.compile(r"\S*[^\W\d_]\S*")
+_TOKEN = re.compile(r"\w+")  # words for the stop-word and n-gram rules: lower case, no punctuation
 _BULLETS = ("•", "●", "▪", "‣", "-", "*", "·", "►", "»")
 
 
@@ -119,56 +125,81 @@ def line_junk(line: str) -> str | None:
     return None
 
 
+def _ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
+    """One 64-bit hash per n-gram of the word-hash sequence `ids` (wrapping multiply-add)."""
+    out = np.zeros(len(ids) - n + 1, dtype=np.uint64)
+    for k in range(n):
+        out = out * np.uint64(0x9E3779B97F4A7C15) + ids[k : len(ids) - n + 1 + k]
+    return out
+
+
 def _ngram_checks(words: list[str], config: DocFilterConfig) -> str | None:
-    """Gopher's n-gram repetition rules on the word list; the first failing rule's reason."""
-    total = sum(map(len, words)) or 1
+    """Gopher's n-gram repetition rules on the word list; the first failing rule's reason.
+
+    Vectorised: words become 64-bit hashes, n-grams a rolling combination of them, and counts come
+    from np.unique (a hash collision could only merge two n-grams of one document)."""
+    ids = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+    lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    total = int(lengths.sum()) or 1
     for n, limit in config.top_ngram_fractions:
         if len(words) < n:
             continue
-        grams = Counter(zip(*(words[i:] for i in range(n)), strict=False))
-        gram, count = grams.most_common(1)[0]
-        if count > 1 and count * sum(map(len, gram)) / total > limit:
+        _, first, counts = np.unique(_ngram_hashes(ids, n), return_index=True, return_counts=True)
+        top = int(np.argmax(counts))
+        if counts[top] > 1 and counts[top] * lengths[first[top] : first[top] + n].sum() / total > limit:
             return f"top_ngram_{n}"
     for n, limit in config.duplicate_ngram_fractions:
         if len(words) < n:
             continue
-        grams = list(zip(*(words[i:] for i in range(n)), strict=False))
-        counts = Counter(grams)
-        covered = bytearray(len(words))
-        for i, gram in enumerate(grams):
-            if counts[gram] > 1:
-                covered[i : i + n] = b"\1" * n
-        dup_chars = sum(len(w) for w, c in zip(words, covered, strict=True) if c)
-        if dup_chars / total > limit:
+        _, inverse, counts = np.unique(_ngram_hashes(ids, n), return_inverse=True, return_counts=True)
+        starts = np.flatnonzero(counts[inverse] > 1)
+        if not len(starts):
+            continue
+        edges = np.zeros(len(words) + 1, dtype=np.int64)  # +1 where a repeated n-gram starts, -1 after it
+        np.add.at(edges, starts, 1)
+        np.add.at(edges, starts + n, -1)
+        covered = np.cumsum(edges[:-1]) > 0
+        if lengths[covered].sum() / total > limit:
             return f"duplicate_ngram_{n}"
     return None
 
 
+def _count_upper(letters: str) -> int:
+    lower = letters.lower()
+    if len(lower) != len(letters):  # a rare letter whose lower case is longer (İ)
+        return sum(c.isupper() for c in letters)
+    a = np.frombuffer(letters.encode("utf-32-le"), dtype=np.uint32)
+    return int(np.count_nonzero(a != np.frombuffer(lower.encode("utf-32-le"), dtype=np.uint32)))
+
+
 def quality_reason(lines: list[str], config: DocFilterConfig) -> str | None:
-    """Gopher-style quality and repetition rules over a document's lines; None if it passes."""
+    """Gopher-style quality and repetition rules over a document's lines; None if it passes.
+
+    Counting is done with str/regex/numpy calls, not loops over characters: this runs on every
+    document of a source."""
     text = "\n".join(lines)
-    words = _WORD.findall(text)
+    words = text.split()
     n_words = len(words)
     if n_words < config.min_words:
         return "too_short"
     if n_words > config.max_words:
         return "too_long"
-    non_space = sum(map(len, words))
-    if sum(c.isdigit() for c in text) / non_space > config.max_digit_ratio:
+    non_space = len(text) - text.count(" ") - text.count("\n")
+    digits = len(text) - len(text.translate(_DROP_DIGITS))
+    if digits / non_space > config.max_digit_ratio:
         return "digits"
-    letters_per_word = sum(sum(c.isalpha() for c in w) for w in words) / n_words
-    if not config.min_mean_word_length <= letters_per_word <= config.max_mean_word_length:
+    letters = _NON_LETTERS.sub("", text)
+    if not config.min_mean_word_length <= len(letters) / n_words <= config.max_mean_word_length:
         return "mean_word_length"
-    symbols = sum(w.count("#") + w.count("…") + w.count("...") for w in words)
+    symbols = text.count("#") + text.count("…") + text.count("...")
     if symbols / n_words > config.max_symbol_word_ratio:
         return "symbols"
-    letters = [c for c in text if c.isalpha()]
-    if letters and sum(c.isupper() for c in letters) / len(letters) > config.max_uppercase_ratio:
+    if letters and _count_upper(letters) / len(letters) > config.max_uppercase_ratio:
         return "uppercase"
-    if sum(any(c.isalpha() for c in w) for w in words) / n_words < config.min_letter_word_fraction:
+    if len(_WORD_WITH_LETTER.findall(text)) / n_words < config.min_letter_word_fraction:
         return "few_letters"
-    lower = [w.lower().strip(",.;:!?«»\"'()") for w in words]
-    if len(STOP_WORDS.intersection(lower)) < config.min_stop_words:
+    tokens = _TOKEN.findall(text.lower())
+    if len(STOP_WORDS.intersection(tokens)) < config.min_stop_words:
         return "few_stop_words"
     if sum(line.startswith(_BULLETS) for line in lines) / len(lines) > config.max_bullet_line_fraction:
         return "bullet_lines"
@@ -180,7 +211,7 @@ def quality_reason(lines: list[str], config: DocFilterConfig) -> str | None:
         return "duplicate_lines"
     if sum(map(len, dup_lines)) / max(1, len(text)) > config.max_duplicate_line_char_fraction:
         return "duplicate_line_chars"
-    return _ngram_checks(lower, config)
+    return _ngram_checks(tokens, config)
 
 
 def clean_document(text: str, config: DocFilterConfig | None = None) -> CleanedDocument:
