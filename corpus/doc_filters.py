@@ -58,7 +58,6 @@ BOILERPLATE_PHRASES = (
 _URL = re.compile(r"https?://|www\.\w|\b[\w.-]+\.(?:com|org|net|br|pt)(?:/|\b)", re.IGNORECASE)
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200b\u3000]+")
 _WORD = re.compile(r"\S+")
-_DROP_DIGITS = dict.fromkeys(map(ord, "0123456789"))
 _NON_LETTERS = re.compile(r"[\W\d_]+")
 _WORD_WITH_LETTER = re.compile(r"\S*[^\W\d_]\S*")
 _TOKEN = re.compile(r"\w+")  # words for the stop-word and n-gram rules: lower case, no punctuation
@@ -83,7 +82,7 @@ class DocFilterConfig:
     max_duplicate_line_char_fraction: float = 0.2  # Gopher
     # Gopher: the most frequent n-gram may cover at most this share of the characters of words
     top_ngram_fractions: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
-    # Gopher: characters of words inside n-grams that occur more than once
+    # Gopher: characters of words inside n-grams that occur more than once (n ascending)
     duplicate_ngram_fractions: tuple[tuple[int, float], ...] = ((5, 0.15), (7, 0.13), (10, 0.10))
     min_kept_fraction: float = 0.2  # share of the text the paragraph filters must keep
     paragraph: FilterConfig = field(default_factory=FilterConfig)
@@ -154,7 +153,7 @@ def _ngram_checks(words: list[str], config: DocFilterConfig) -> str | None:
         _, inverse, counts = np.unique(_ngram_hashes(ids, n), return_inverse=True, return_counts=True)
         starts = np.flatnonzero(counts[inverse] > 1)
         if not len(starts):
-            continue
+            return None  # no repeated n-gram: no longer one repeats either
         edges = np.zeros(len(words) + 1, dtype=np.int64)  # +1 where a repeated n-gram starts, -1 after it
         np.add.at(edges, starts, 1)
         np.add.at(edges, starts + n, -1)
@@ -185,7 +184,7 @@ def quality_reason(lines: list[str], config: DocFilterConfig) -> str | None:
     if n_words > config.max_words:
         return "too_long"
     non_space = len(text) - text.count(" ") - text.count("\n")
-    digits = len(text) - len(text.translate(_DROP_DIGITS))
+    digits = sum(map(text.count, "0123456789"))
     if digits / non_space > config.max_digit_ratio:
         return "digits"
     letters = _NON_LETTERS.sub("", text)
