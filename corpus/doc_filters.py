@@ -105,12 +105,8 @@ def clean_lines(text: str) -> list[str]:
     """NFC, one stripped line per non-empty line, runs of spaces collapsed."""
     if not text.isascii():
         text = unicodedata.normalize("NFC", text)
-    lines = []
-    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
-        line = _SPACES.sub(" ", line).strip()
-        if line:
-            lines.append(line)
-    return lines
+    text = _SPACES.sub(" ", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return [line.strip() for line in text.split("\n") if line and not line.isspace()]
 
 
 def line_junk(line: str) -> str | None:

@@ -355,3 +355,18 @@ def test_page_furniture_lines_are_removed_from_kept_documents() -> None:
     assert doc.paragraphs == text.split("\n")
     assert doc.drops == {"url_line": 1, "boilerplate_line": 1, "too_short": 1}  # "Início": the books' rule
     assert clean_document(GALICIAN).paragraphs  # Galician is kept with Portuguese
+
+
+def test_the_trainer_reads_the_mix(mix) -> None:
+    """Schema version 1 still: the trainer's loader reads book_id/tokens of a mixed corpus as before."""
+    from training.data import CorpusInfo, LoaderConfig, TokenWindowLoader, verify_shards
+
+    out = mix[0] / "out"
+    info = CorpusInfo.from_dir(out)
+    verify_shards(info, list(fmt.SPLITS))
+    bos = info.tokenizer["bos_id"]
+    loader = TokenWindowLoader(
+        out, LoaderConfig(block_size=64, batch_size=2, shuffle=False, shuffle_buffer=0)
+    )
+    x, y = next(loader)
+    assert x.shape == y.shape == (2, 64) and int(x[0, 0]) == bos  # the stream opens with a book's BOS
