@@ -38,6 +38,11 @@ SHARED = HERE.parents[1] / "shared" / "gutenberg-pt" / "books"
 BOOKS_MB = 92.0
 
 
+def _cpu(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
 def one_build(raw: Path, source: Path, out: Path, workers: int) -> None:
     """In a fresh process: build, then print the figures as one JSON line."""
     from corpus.build import CorpusConfig, build_corpus
@@ -58,6 +63,7 @@ def one_build(raw: Path, source: Path, out: Path, workers: int) -> None:
                 "documents": src["documents"],
                 "kept": src["kept"],
                 "dropped": src["dropped"],
+                "cpu_s": round(sum(_cpu(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)), 2),
                 "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
             }
@@ -137,7 +143,12 @@ def main() -> None:
             (raw / book.name).symlink_to(book.resolve())
     print(f"{args.books} shared books + a generated source; {args.workers} workers; peak RSS in MB")
     print(
-        f"{'size':>6} {'MB':>7} {'docs':>9} {'wall s':>7} {'extra s':>8} {'MB/s':>6} {'RSS main':>9} {'RSS wkr':>8}"
+        "MB/s: source MB / seconds of the extra stages (clean_extra + near_duplicates + dedup_extra + shards);"
+        "\nMB/CPU-s: source MB / CPU seconds of the whole build (main + workers), robust to a shared CPU"
+    )
+    print(
+        f"{'size':>6} {'MB':>7} {'docs':>9} {'wall s':>7} {'extra s':>8} {'MB/s':>6} {'CPU s':>7} {'MB/CPU-s':>9} "
+        f"{'RSS main':>9} {'RSS wkr':>8}"
     )
     source = None
     for multiple in [float(x) for x in args.sizes.split(",")]:
@@ -166,7 +177,8 @@ def main() -> None:
         extra_s = sum(st.get(k, 0) for k in ("clean_extra", "near_duplicates", "dedup_extra")) + st["shards"]
         print(
             f"{multiple:>5g}x {r['source_mb']:7.1f} {r['documents']:9,} {r['wall_s']:7.1f} {extra_s:8.1f} "
-            f"{r['source_mb'] / extra_s:6.2f} {r['rss_main_mb']:9.0f} {r['rss_worker_mb']:8.0f}"
+            f"{r['source_mb'] / extra_s:6.2f} {r['cpu_s']:7.1f} {r['source_mb'] / r['cpu_s']:9.2f} "
+            f"{r['rss_main_mb']:9.0f} {r['rss_worker_mb']:8.0f}"
         )
         print(f"       stages: {st}")
         print(f"       dropped: {r['dropped']}")
