@@ -1,6 +1,7 @@
 """`--extra` throughput and memory: a generated source at several sizes, and where a document's time goes.
 
     .venv/bin/python bench/bench_sources.py [--sizes 0.1,1] [--workers 2] [--books 12] [--profile-mb 4]
+        [--profile-books 40]
 
 For each size (a multiple of the shared books' 92 MB) a Portuguese-like JSONL source is generated
 (bench/gen_source.py, kept in the work folder between runs) and a cold corpus build runs in a fresh
@@ -123,12 +124,56 @@ def profile(source: Path, megabytes: float) -> None:
     print(f"  {'total':18s} {total:7.2f} s         {size / 1e6 / total:8.1f} MB/s")
 
 
+def profile_books(n_books: int) -> None:
+    """Where a cold build's per-book time goes besides cleaning: MinHash, the cache write, the IPC."""
+    import hashlib
+
+    from corpus.build import BookSummary, CorpusConfig, book_cache_key
+    from corpus.clean import BookRejected, clean_book
+    from corpus.dedup import book_signature
+
+    clock = time.process_time
+    config = CorpusConfig()
+    times = dict.fromkeys(["read+sha256", "clean_book", "minhash", "cache json", "summary pickle"], 0.0)
+    size = 0
+    books = sorted(SHARED.glob("*.txt"))[:n_books]
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in books:
+            t0 = clock()
+            data = path.read_bytes()
+            book_cache_key(hashlib.sha256(data).hexdigest(), 0, config)
+            t1 = clock()
+            try:
+                book = clean_book(data, 0, config.clean)
+            except BookRejected:
+                continue
+            t2 = clock()
+            sig = book_signature(book.paragraphs, config.dedup)
+            t3 = clock()
+            with open(Path(tmp) / "entry.json", "w", encoding="utf-8") as f:
+                json.dump({"status": "ok", "book": book.to_dict(), "signature": sig}, f)
+            t4 = clock()
+            pickle.loads(pickle.dumps(BookSummary("k", 0, "f", "ok", signature=sig)))
+            t5 = clock()
+            size += len(data)
+            for name, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+                times[name] += dt
+    total = sum(times.values())
+    print(
+        f"\nper-book work of a cold build, one process, {len(books)} shared books, {size / 1e6:.1f} MB (CPU s):"
+    )
+    for name, sec in times.items():
+        print(f"  {name:18s} {sec:7.2f} s  {sec / total:5.1%}")
+    print(f"  {'total':18s} {total:7.2f} s  {size / 1e6 / total:.1f} MB/s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="0.1,1", help="multiples of 92 MB, comma-separated")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--books", type=int, default=12, help="shared Gutenberg books in the raw store")
     ap.add_argument("--profile-mb", type=float, default=4.0)
+    ap.add_argument("--profile-books", type=int, default=0, help="also profile a cold build's per-book work")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "ptgpt-bench-sources")
     ap.add_argument("--one", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -184,6 +229,8 @@ def main() -> None:
         print(f"       dropped: {r['dropped']}")
     if source is not None and args.profile_mb > 0:
         profile(source, args.profile_mb)
+    if args.profile_books:
+        profile_books(args.profile_books)
 
 
 if __name__ == "__main__":
