@@ -370,3 +370,20 @@ def test_the_trainer_reads_the_mix(mix) -> None:
     )
     x, y = next(loader)
     assert x.shape == y.shape == (2, 64) and int(x[0, 0]) == bos  # the stream opens with a book's BOS
+
+
+def test_rebuild_reads_documents_from_the_cache_and_is_byte_identical(mix, monkeypatch) -> None:
+    import corpus.sources
+
+    root, m, _, _, _ = mix
+    out = root / "out"
+
+    def must_not_clean(*args, **kwargs):
+        raise AssertionError("a cached chunk was cleaned again")
+
+    monkeypatch.setattr(corpus.sources, "clean_document", must_not_clean)
+    extras = parse_extras([f"{root / 'web.jsonl'}:2", str(root / "hubset")])
+    again = build_corpus(root / "raw", out, CONFIG, workers=1, progress=False, extras=extras)
+    for key in ("splits", "tokenizer", "sources"):
+        assert again[key] == m[key]
+    assert not (out / ".spool").exists()
