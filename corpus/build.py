@@ -978,10 +978,13 @@ def _build(
         t = lap("clean_extra", t)
         books = [s.key for s in selection.kept]
         signatures = np.concatenate(
-            [np.asarray([s.signature for s in selection.kept], dtype=np.uint64).reshape(len(books), -1)]
-            + [c.signatures.astype(np.uint64) for per_source in chunks for c in per_source]
+            [np.asarray([s.signature for s in selection.kept], dtype="<u4").reshape(len(books), -1)]
+            + [c.signatures for per_source in chunks for c in per_source]
         )
+        for c in (c for per_source in chunks for c in per_source):  # one copy of the signatures, not two
+            c.signatures = np.zeros((0, signatures.shape[1]), dtype="<u4")
         dup_of = near_duplicates(signatures, sources_config.doc_threshold, sources_config.lsh_rows)
+        del signatures
         t = lap("near_duplicates", t)
         loose = set()
     selection, keep, duplicate_paragraphs = plan_paragraphs(selection, config, progress, seen, loose)
@@ -991,7 +994,7 @@ def _build(
     extra = None
     if extras:
         assert loose is not None and sources_config is not None
-        first_rows = np.cumsum([len(books)] + [sum(len(c.signatures) for c in cs) for cs in chunks])
+        first_rows = np.cumsum([len(books)] + [sum(c.kept for c in cs) for cs in chunks])
 
         def item_name(row: int) -> str:
             if row < len(books):

@@ -253,7 +253,8 @@ class ChunkSummary:
     input_bytes: int
     rejected: dict[str, int]  # reason -> documents
     drops: dict[str, int]  # reason -> lines dropped inside kept documents
-    signatures: np.ndarray  # (kept documents, num_perm) uint32, in document order
+    signatures: np.ndarray  # (kept documents, num_perm) uint32, in document order; emptied once gathered
+    kept: int = 0  # documents that passed the filters (rows of `signatures`)
 
 
 def _pack(sig: Sequence[int]) -> str:
@@ -322,6 +323,7 @@ class ChunkCleaner:
             rejected=dict(rejected),
             drops=dict(drops),
             signatures=np.stack(sigs) if sigs else np.zeros((0, num_perm), dtype="<u4"),
+            kept=len(sigs),
         )
 
 
@@ -401,8 +403,8 @@ def near_duplicates(signatures: np.ndarray, threshold: float, rows: int, seed: i
     parent = np.arange(n)
     if n < 2:
         return np.full(n, -1)
-    sig = signatures.astype(np.uint64)
-    empty = (sig == np.uint64(2**32 - 1)).all(axis=1)  # no shingles: matches nothing
+    sig = signatures  # uint32: 512 bytes a row; only one band at a time is widened to uint64
+    empty = (sig == 2**32 - 1).all(axis=1)  # no shingles: matches nothing
     mult = np.random.RandomState(seed).randint(1, 2**63 - 1, size=rows, dtype=np.int64).astype(np.uint64)
 
     def find(i: int) -> int:
@@ -412,7 +414,7 @@ def near_duplicates(signatures: np.ndarray, threshold: float, rows: int, seed: i
         return i
 
     for band in range(num_perm // rows):
-        keys = (sig[:, band * rows : (band + 1) * rows] * mult).sum(axis=1)
+        keys = (sig[:, band * rows : (band + 1) * rows].astype(np.uint64) * mult).sum(axis=1)
         keys[empty] = np.arange(int(empty.sum()), dtype=np.uint64) * np.uint64(2654435761) + np.uint64(7)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
