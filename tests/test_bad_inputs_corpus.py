@@ -249,5 +249,5 @@ def test_scrape_into_a_full_or_read_only_folder_names_it(workspace, tmp_path, fa
         assert (
             ("no space left" in message and "free" in message)
             if fault == "full"
-            else "cannot write" in message
+            else "read-only file system" in message
         )

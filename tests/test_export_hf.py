@@ -95,6 +95,12 @@ CASES = {
     ),
     "moe": ("tiny-moe", {}, "MixtralForCausalLM"),
     "moe-top1-tied": ("tiny-moe", {"top_k": 1, "n_experts": 3, "tie_embeddings": True}, "MixtralForCausalLM"),
+    "dense-qk-norm": ("tiny", {"qk_norm": True}, "Qwen3ForCausalLM"),
+    "moe-qk-norm-every-other-layer": (
+        "tiny-moe",
+        {"qk_norm": True, "n_layer": 3, "moe_every": 2, "tie_embeddings": True},
+        "Qwen3MoeForCausalLM",
+    ),
 }
 
 
@@ -103,6 +109,10 @@ def test_transformers_model_matches_ours(case: str, tmp_path: Path, tokenizer_mo
     preset, overrides, hf_class = CASES[case]
     torch.manual_seed(0)
     model = GPT(ModelConfig.preset(preset, vocab_size=VOCAB, **overrides)).eval()
+    with torch.no_grad():  # norm gains start at 1: make them differ, so that a wrong mapping shows
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
     ckpt = save_model(
         model,
         tmp_path / "run" / "checkpoints" / "step_0000010",

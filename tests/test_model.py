@@ -318,3 +318,58 @@ def test_moe_module_is_used_only_in_moe_layers() -> None:
     assert [isinstance(b.mlp, MoE) for b in model.blocks] == [False, True, False, True]
     out = model(torch.randint(0, 512, (1, 8)))
     assert out.stats["expert_load"].shape == (2, 4)
+
+
+def test_rope_backward_is_the_inverse_rotation() -> None:
+    """The hand-written RoPE backward equals autograd through the plain formula, and gradcheck passes."""
+    from training.model import _RoPE, apply_rope
+
+    torch.manual_seed(0)
+    cos, sin = rope_tables(10, 8, 10000.0)
+    x = torch.randn(2, 3, 10, 8, dtype=torch.float64, requires_grad=True)
+    half = cos[..., :4].double(), sin[..., :4].double()
+    assert torch.autograd.gradcheck(lambda t: _RoPE.apply(t, *half), (x,))
+    grad = torch.randn(2, 3, 10, 8, dtype=torch.float64)
+    ours = torch.autograd.grad(apply_rope(x, cos.double(), sin.double()), x, grad)[0]
+    rotated = torch.cat([-x[..., 4:], x[..., :4]], dim=-1)  # Llama's rotate_half, autograd's backward
+    plain = torch.autograd.grad(x * cos.double() + rotated * sin.double(), x, grad)[0]
+    torch.testing.assert_close(ours, plain)
+    with torch.no_grad():  # the no-grad path (generation) computes the same values
+        torch.testing.assert_close(apply_rope(x, cos.double(), sin.double()), x * cos + rotated * sin)
+
+
+def test_qk_norm_makes_attention_blind_to_the_scale_of_q_and_k() -> None:
+    """With QK-norm each head's queries and keys are RMS-normalised, so scaling their projections
+    changes nothing; without it the logits change."""
+    idx = torch.randint(0, 512, (2, 16))
+    for qk_norm in (True, False):
+        model = make("tiny", qk_norm=qk_norm, norm_eps=1e-12).eval()
+        before = model(idx).logits
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.q_proj.weight.mul_(7.0)
+                block.attn.k_proj.weight.mul_(0.2)
+        after = model(idx).logits
+        if qk_norm:
+            torch.testing.assert_close(after, before, atol=1e-4, rtol=1e-4)
+            assert {n for n, _ in model.named_parameters() if "q_norm" in n or "k_norm" in n}
+        else:
+            assert not torch.allclose(after, before, atol=1e-3)
+
+
+def test_rms_norm_in_half_precision_keeps_the_dtype_and_llama_order() -> None:
+    from training.model import RMSNorm
+
+    norm = RMSNorm(16, 1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    x32 = x.float()
+    llama = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)).to(torch.bfloat16) * norm.weight.to(
+        torch.bfloat16
+    )
+    assert norm(x).dtype == torch.bfloat16
+    torch.testing.assert_close(norm(x), llama)
+    torch.testing.assert_close(
+        norm(x32), norm.weight * x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + 1e-5)
+    )

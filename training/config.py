@@ -40,6 +40,7 @@ class TrainConfig:
     weight_decay: float = 0.1  # on matrices only (GPT.configure_param_groups)
     beta1: float = 0.9
     beta2: float = 0.95
+    optimizer: str = "adamw"  # "adamw", or "muon" (hidden matrices; AdamW on the rest): training/optim.py
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     seed: int = 1337  # model init and data order
     # -- data
@@ -63,7 +64,9 @@ class TrainConfig:
     progress: bool = True
     plot: bool = True
     # -- system
-    device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda"
+    device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps"
+    precision: str = "auto"  # "auto" (bf16 on Ampere+, fp16 + loss scaling on older GPUs, else fp32), ...
+    activation_checkpointing: bool = False  # recompute activations in backward: less memory, more compute
     compile: bool = False  # torch.compile the model
     threads: int | None = None  # torch CPU threads (fixed for reproducibility); None: torch's default
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on CUDA)
@@ -72,6 +75,8 @@ class TrainConfig:
         """Refuse settings that cannot work before any file is read (the CLI shows these as one line)."""
         if self.schedule not in ("cosine", "linear"):
             raise ConfigError(f"schedule must be 'cosine' or 'linear', got {self.schedule!r}")
+        if self.optimizer not in ("adamw", "muon"):
+            raise ConfigError(f"--optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
         for name in ("max_steps", "batch_size", "log_every", "checkpoint_every", "keep_last", "prefetch"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -89,8 +94,10 @@ class TrainConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.lr == 0:
             raise ConfigError("--lr must be > 0")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ConfigError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device must be auto, cpu, cuda or mps, got {self.device!r}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"--precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
         from training.model import PRESETS  # torch is imported when a config is made, not for its defaults
 
         if self.preset not in PRESETS:

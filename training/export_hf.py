@@ -1,11 +1,13 @@
 """Export a checkpoint as a Hugging Face `transformers` model folder that loads without custom code.
 
-Dense models become `LlamaForCausalLM`, MoE models `MixtralForCausalLM`. Our architecture was chosen
-to be exactly expressible in both (RMSNorm with weight, rotate-half RoPE, no biases, SwiGLU, Mixtral
-router semantics), so the weights are only renamed and, for experts, split and transposed.
+Dense models become `LlamaForCausalLM`, MoE models `MixtralForCausalLM`; with QK-norm (RMSNorm on each
+head's queries and keys) they become `Qwen3ForCausalLM` / `Qwen3MoeForCausalLM`, which have exactly
+those norms. Our architecture was chosen to be exactly expressible in all four (RMSNorm with weight,
+rotate-half RoPE, no biases, SwiGLU, softmax-top-k-renormalise routing), so the weights are only
+renamed and, for experts, split and transposed.
 
-Limitation: Mixtral has an MoE in every layer, so a model with moe_every > 1 cannot be exported
-(a clear error says so).
+Limitation: Mixtral has an MoE in every layer, so a model without QK-norm and with moe_every > 1
+cannot be exported (a clear error says so). Qwen3-MoE expresses it (`decoder_sparse_step`).
 
 The folder holds config.json, generation_config.json, model.safetensors and the SentencePiece model
 as a Llama tokenizer (tokenizer.model + tokenizer_config.json + special_tokens_map.json). This
@@ -45,7 +47,17 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
         sd[p + "post_attention_layernorm.weight"] = block.mlp_norm.weight
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             sd[p + f"self_attn.{name}.weight"] = getattr(block.attn, name).weight
-        if isinstance(block.mlp, MoE):
+        if c.qk_norm:  # Qwen3 names
+            sd[p + "self_attn.q_norm.weight"] = block.attn.q_norm.weight
+            sd[p + "self_attn.k_norm.weight"] = block.attn.k_norm.weight
+        if isinstance(block.mlp, MoE) and c.qk_norm:  # Qwen3-MoE: mlp.gate, mlp.experts.E.{gate,up,down}_proj
+            moe, h = block.mlp, block.mlp.hidden
+            sd[p + "mlp.gate.weight"] = moe.router.weight
+            for e in range(moe.n_experts):
+                sd[p + f"mlp.experts.{e}.gate_proj.weight"] = moe.w_in[e, :, :h].T
+                sd[p + f"mlp.experts.{e}.up_proj.weight"] = moe.w_in[e, :, h:].T
+                sd[p + f"mlp.experts.{e}.down_proj.weight"] = moe.w_out[e].T
+        elif isinstance(block.mlp, MoE):
             moe, h = block.mlp, block.mlp.hidden
             sd[p + "block_sparse_moe.gate.weight"] = moe.router.weight
             for e in range(moe.n_experts):
@@ -60,7 +72,7 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
 
 
 def hf_config(model: GPT, dtype: str, special_ids: dict[str, int | None]) -> dict:
-    """config.json for LlamaForCausalLM or MixtralForCausalLM."""
+    """config.json for LlamaForCausalLM, MixtralForCausalLM, Qwen3ForCausalLM or Qwen3MoeForCausalLM."""
     c = model.config
     cfg = {
         "vocab_size": c.vocab_size,
@@ -84,7 +96,31 @@ def hf_config(model: GPT, dtype: str, special_ids: dict[str, int | None]) -> dic
         "torch_dtype": dtype,  # transformers < 5
         "dtype": dtype,
     }
-    if c.n_experts == 0:
+    if c.qk_norm:
+        cfg.update(
+            architectures=["Qwen3ForCausalLM"],
+            model_type="qwen3",
+            intermediate_size=c.mlp_hidden,
+            attention_bias=False,
+            use_sliding_window=False,
+            sliding_window=None,
+            max_window_layers=c.n_layer,
+            layer_types=["full_attention"] * c.n_layer,
+        )
+        if c.n_experts > 0:
+            cfg.update(
+                architectures=["Qwen3MoeForCausalLM"],
+                model_type="qwen3_moe",
+                moe_intermediate_size=c.expert_hidden,
+                num_experts=c.n_experts,
+                num_experts_per_tok=c.top_k,
+                norm_topk_prob=True,  # renormalise the top-k weights, as our router does
+                decoder_sparse_step=c.moe_every,  # MoE where (layer + 1) % moe_every == 0, as ours
+                mlp_only_layers=[],
+                router_aux_loss_coef=c.aux_loss_coef,
+                output_router_logits=False,
+            )
+    elif c.n_experts == 0:
         cfg.update(
             architectures=["LlamaForCausalLM"],
             model_type="llama",
@@ -109,11 +145,11 @@ def hf_config(model: GPT, dtype: str, special_ids: dict[str, int | None]) -> dic
 
 def check_exportable(model: GPT) -> None:
     c = model.config
-    if c.n_experts > 0 and c.moe_every != 1:
+    if c.n_experts > 0 and c.moe_every != 1 and not c.qk_norm:
         raise ValueError(
             f"cannot export to MixtralForCausalLM: it puts an MoE in every layer, this model has "
-            f"one every {c.moe_every} layers (moe_every={c.moe_every}); train with moe_every=1 "
-            f"to export"
+            f"one every {c.moe_every} layers (moe_every={c.moe_every}); train with moe_every=1, or "
+            f"with qk_norm=true (exported as Qwen3MoeForCausalLM, which allows MoE every N layers)"
         )
 
 

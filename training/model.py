@@ -49,6 +49,7 @@ class ModelConfig:
     moe_impl: str = "auto"  # "auto" (grouped matmul where supported, else loop), "grouped", "loop"
     aux_loss_coef: float = 0.01  # alpha of the Switch load-balancing loss, per MoE layer
     z_loss_coef: float = 0.001  # coefficient of the router z-loss, per MoE layer
+    qk_norm: bool = False  # RMSNorm (with a gain) on each head's queries and keys before RoPE, as Qwen3
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = False  # share the token embedding with the output projection
@@ -145,7 +146,11 @@ PRESETS: dict[str, ModelConfig] = {
 
 
 class RMSNorm(nn.Module):
-    """RMSNorm with a learned gain, computed in fp32 (as Llama does, so exported logits match)."""
+    """RMSNorm with a learned gain, normalised in fp32 (as Llama does, so exported logits match).
+
+    fp32 input takes one `F.rms_norm` call; half-precision input is normalised in fp32 and cast back
+    before the gain, Llama's order of operations, and stays in its dtype (q/k norms under autocast).
+    """
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -153,9 +158,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype) * self.weight.to(x.dtype)
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,11 +174,34 @@ def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor
     return angles.cos(), angles.sin()
 
 
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """[x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin] on the two halves of the last dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+class _RoPE(torch.autograd.Function):
+    """RoPE is a rotation, so its backward is the rotation by -angle. Written out, forward and backward
+    are a few whole-tensor ops; autograd through slicing and `cat` would allocate zeros and scatter."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin), None, None
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: (B, heads, T, head_dim); cos/sin: (T, head_dim)."""
+    """x: (B, heads, T, head_dim); cos/sin: (T, head_dim) as from rope_tables, in x's dtype."""
     half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+    cos, sin = cos[..., :half].to(x.dtype), sin[..., :half].to(x.dtype)  # the halves are equal
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _RoPE.apply(x, cos, sin)
+    return _rotate(x, cos, sin)
 
 
 def _sdpa_has_enable_gqa() -> bool:
@@ -220,13 +248,20 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
         self.v_proj = nn.Linear(config.n_embd, config.n_kv_head * self.head_dim, bias=False)
         self.o_proj = nn.Linear(config.n_head * self.head_dim, config.n_embd, bias=False)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.norm_eps)
+        self.qk_norm = config.qk_norm
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: KVCache | None = None
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
@@ -479,8 +514,15 @@ class GPT(nn.Module):
         start = kv_cache.pos if kv_cache is not None else 0
         if start + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_seq_len={self.config.max_seq_len}")
-        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         x = self.tok_emb(idx)
+        # RoPE tables cast once per forward to the dtype q and k have (autocast's, else the weights')
+        dtype = (
+            torch.get_autocast_dtype(idx.device.type)
+            if torch.is_autocast_enabled(idx.device.type)
+            else x.dtype
+        )
+        cos = self.rope_cos[start : start + T].to(dtype)
+        sin = self.rope_sin[start : start + T].to(dtype)
         moe_aux = []
         for block in self.blocks:
             x, aux = block(x, cos, sin, kv_cache)

@@ -64,12 +64,21 @@ import torch.distributed as dist
 from common.errors import UserError
 from common.files import write_json_atomic
 from training import checkpoint as ckpt
+from training import optim
 from training.config import ConfigError, TrainConfig
 from training.data import CorpusInfo, DevicePrefetcher, LoaderConfig, TokenWindowLoader, verify_shards
-from training.evaluate import autocast_context, evaluate, generate_samples, load_tokenizer
+from training.evaluate import evaluate, generate_samples, load_tokenizer
 from training.flops import mfu, peak_flops
 from training.metrics import MetricsLogger, ProgressBar, plot_run
 from training.model import GPT, ModelConfig
+from training.precision import (
+    Precision,
+    choose_precision,
+    cuda_capability,
+    enable_activation_checkpointing,
+    explain_out_of_memory,
+)
+from training.precision import pick_device as pick_any_device
 
 RUN_CONFIG_FILE = "config.json"
 SAMPLES_FILE = "samples.txt"
@@ -126,13 +135,7 @@ def setup_distributed(device_kind: str) -> Dist:
 
 
 def pick_device(name: str, d: Dist) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda asked for, but torch sees no GPU: use --device cpu (or auto)")
-        return torch.device("cuda", d.local_rank)
-    return torch.device(name)
+    return pick_any_device(name, d.local_rank)  # auto: cuda, then mps, then cpu
 
 
 class StopSignal:
@@ -224,11 +227,9 @@ def find_resume_checkpoint(c: TrainConfig, model_config: ModelConfig) -> Path | 
 
 
 def build_optimizer(model: GPT, c: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """The one place the optimizer is made: AdamW, weight decay on matrices only (param groups)."""
-    kwargs = {"lr": c.lr, "betas": (c.beta1, c.beta2), "eps": 1e-8}
-    if device.type == "cuda":
-        kwargs["fused"] = True
-    return torch.optim.AdamW(model.configure_param_groups(c.weight_decay), **kwargs)
+    """The one place the optimizer is made (training/optim.py): AdamW, or Muon + AdamW; fused on CUDA."""
+    fused = True if device.type == "cuda" else None
+    return optim.build_optimizer(model, c.optimizer, c.lr, c.weight_decay, (c.beta1, c.beta2), fused=fused)
 
 
 def build_loaders(
@@ -279,7 +280,8 @@ def check_corpus_and_model(c: TrainConfig, verify: bool = True) -> tuple[CorpusI
 def check_before_launch(c: TrainConfig) -> None:
     """What setup_run would refuse, checked without building a model: for a launcher before torchrun,
     whose report of a failed rank is pages long."""
-    pick_device(c.device, Dist())
+    device = pick_device(c.device, Dist())
+    choose_precision(c.precision, device.type, cuda_capability(device))
     _, model_config, _ = check_corpus_and_model(c)
     find_resume_checkpoint(c, model_config)
 
@@ -296,6 +298,7 @@ class Run:
     raw_model: GPT  # the bare GPT: checkpoints, evaluation, samples
     model: torch.nn.Module  # raw_model, compiled and/or DDP-wrapped: the training forward
     optimizer: torch.optim.Optimizer
+    precision: Precision  # autocast, and fp16's loss scaling (training/precision.py)
     prefetchers: dict[int, DevicePrefetcher]  # loader shard -> its prefetcher
     block_size: int
     grad_accum: int
@@ -346,9 +349,13 @@ def setup_run(
         resume = (trainer, trainer_tensors)
         start_step, tokens_seen = int(trainer["step"]), int(trainer["tokens_seen"])
     model.to(device)
+    precision = Precision(choose_precision(c.precision, device.type, cuda_capability(device)), device)
+    if c.activation_checkpointing:
+        enable_activation_checkpointing(model)
     optimizer = build_optimizer(model, c, device)
     if resume_dir is not None:
         optimizer.load_state_dict(ckpt.optimizer_state_from_tensors(opt_tensors, trainer["optimizer"]))
+        precision.load_state_dict(trainer.get("precision", {}))
         torch.set_rng_state(trainer_tensors["rng.torch_cpu"])
         if device.type == "cuda" and "rng.torch_cuda" in trainer_tensors:
             torch.cuda.set_rng_state(trainer_tensors["rng.torch_cuda"], device)
@@ -372,6 +379,7 @@ def setup_run(
         raw_model=model,
         model=wrapped,
         optimizer=optimizer,
+        precision=precision,
         prefetchers=prefetchers,
         block_size=block_size,
         grad_accum=grad_accum,
@@ -427,7 +435,7 @@ def open_logs(run: Run, n_shards: int, resume_dir: Path | None) -> None:
     run.bar.write(
         f"{where}: {model.num_params() / 1e6:.2f}M params ({model.num_params(active=True) / 1e6:.2f}M "
         f"active), {run.tokens_per_step:,} tokens/step = {d.world_size} proc x {run.grad_accum} micro x "
-        f"{c.batch_size} x {run.block_size}, device {run.device}"
+        f"{c.batch_size} x {run.block_size}, device {run.device}, {run.precision.kind}"
     )
     if c.samples:
         try:
@@ -486,20 +494,15 @@ def train_step(run: Run) -> StepResult:
         # DDP all-reduces gradients in the backward of the last micro-batch only
         skip_sync = run.d.world_size > 1 and micro < run.grad_accum - 1
         with run.model.no_sync() if skip_sync else contextlib.nullcontext():
-            with autocast_context(run.device):
+            with run.precision.autocast():
                 out = run.model(x, y)
                 loss = out.total_loss() / run.grad_accum
-            loss.backward()
+            run.precision.backward(loss)
         loss_sum += out.loss.detach()
         if run.model_config.n_experts > 0:
             load = out.stats["expert_load"]
             load_sum = load if load_sum is None else load_sum + load
-    grad_norm = (
-        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), c.grad_clip)
-        if c.grad_clip > 0
-        else torch.zeros((), device=run.device)
-    )
-    run.optimizer.step()
+    grad_norm = run.precision.step(run.optimizer, run.raw_model.parameters(), c.grad_clip)
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
     run.tokens_seen += run.tokens_per_step
@@ -511,7 +514,8 @@ def train_step(run: Run) -> StepResult:
 def check_finite(run: Run, result: StepResult, weights: bool = False) -> None:
     """Stop at a NaN/inf loss or gradient norm (and, before a checkpoint, weights), so none is saved."""
     loss, grad_norm = result.loss(run), result.grad_norm.item()
-    finite = math.isfinite(loss) and math.isfinite(grad_norm)
+    skipped_by_fp16 = run.precision.scaler is not None  # an inf/NaN fp16 step is skipped and counted
+    finite = math.isfinite(loss) and (math.isfinite(grad_norm) or skipped_by_fp16)
     if finite and weights:
         finite = bool(torch.stack([p.isfinite().all() for p in run.raw_model.parameters()]).all())
     if finite:
@@ -548,6 +552,8 @@ def log_step(run: Run, result: StepResult, evaluating: bool) -> None:
     achieved = mfu(tok_s / d.world_size, run.flops_per_token, run.device_peak_flops)
     if achieved is not None:
         record["mfu"] = achieved
+    if run.precision.scaler is not None:
+        record.update(loss_scale=run.precision.loss_scale, skipped_steps=run.precision.skipped_steps)
     if result.expert_load is not None:
         record["expert_load"] = (result.expert_load / run.grad_accum).tolist()
         record["aux_loss"] = result.aux_loss.item()
@@ -645,6 +651,7 @@ def save_checkpoint(run: Run) -> None:
     if d.is_main:
         json_state, tensors = training_state(run.step, run.tokens_seen, states, run.device)
         json_state["schedule"] = {"kind": c.schedule, "lr": lr_at(max(run.step - 1, 0), c)}
+        json_state["precision"] = run.precision.state_dict()  # fp16: loss scale and skipped steps
         run.last_checkpoint = ckpt.save_training_checkpoint(
             c.run_dir,
             run.step,
@@ -706,9 +713,18 @@ def train_loop(run: Run, stop: StopSignal) -> dict:
     c, d = run.c, run.d
     summary: dict = {"run_dir": str(c.run_dir), "start_step": run.step, "interrupted": None}
     run.t_last = time.perf_counter()
+    memory = dict(  # for a CUDA out-of-memory error that names the flags that fit
+        config=run.model_config,
+        batch_size=c.batch_size,
+        grad_accum=run.grad_accum,
+        block_size=run.block_size,
+        precision=run.precision.kind,
+        activation_checkpointing=c.activation_checkpointing,
+    )
     try:
         while run.step < c.max_steps:
-            result = train_step(run)
+            with explain_out_of_memory(**memory):
+                result = train_step(run)
             stopping = agree_to_stop(stop, d, run.device)  # a signal may reach the ranks at different steps
             last = run.step == c.max_steps or stopping
             evaluating = c.eval_every > 0 and (run.step % c.eval_every == 0 or run.step == c.max_steps)

@@ -11,14 +11,11 @@ do>`, and exits 1; click's own usage errors exit 2. Anything else is a bug and k
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
-from pathlib import Path
 
 import click
 
-from common.errors import UserError
+from common.errors import UserError, describe_os_error
 from ptgpt import __version__
 from ptgpt.cli.corpus import corpus
 from ptgpt.cli.demo import demo
@@ -28,49 +25,6 @@ from ptgpt.cli.scrape import mirror, scrape
 from ptgpt.cli.train import eval_command, generate, train
 
 DEBUG_ENV = "PTGPT_DEBUG"
-
-# OSErrors that are the environment's, not a bug: said in one line with the path they concern.
-DISK_ERRORS = {
-    errno.ENOSPC: "no space left on the device",
-    errno.EDQUOT: "disk quota exceeded",
-    errno.EROFS: "read-only file system",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
-    errno.ENOENT: "no such file or folder",
-    errno.ENOTDIR: "not a folder",
-    errno.EISDIR: "is a folder",
-    errno.EEXIST: "already exists",
-}
-DISK_ADVICE = {
-    errno.ENOSPC: "free some space or choose another folder, then rerun (finished work is kept)",
-    errno.EDQUOT: "free some space or choose another folder, then rerun (finished work is kept)",
-    errno.EROFS: "choose a writable folder",
-    errno.EACCES: "choose a folder you can write, or fix its permissions",
-    errno.EPERM: "choose a folder you can write, or fix its permissions",
-}
-
-
-def free_space(path: str | Path) -> str:
-    """Free space on the file system that holds `path` (or its nearest existing parent)."""
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        return f"{shutil.disk_usage(p).free / 1e9:.2f} GB free on {p}"
-    except OSError:
-        return "free space unknown"
-
-
-def describe_os_error(e: OSError) -> str | None:
-    """`what, where, what to do` for an OSError of the environment; None for any other OSError."""
-    if e.errno not in DISK_ERRORS:
-        return None
-    where = e.filename if e.filename is not None else "(path unknown)"
-    message = f"{DISK_ERRORS[e.errno]}: {where}"
-    if e.errno in (errno.ENOSPC, errno.EDQUOT) and e.filename is not None:
-        message += f" ({free_space(e.filename)})"
-    advice = DISK_ADVICE.get(e.errno, "check the path")
-    return f"{message}; {advice}"
 
 
 class App(click.Group):

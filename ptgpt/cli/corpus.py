@@ -94,26 +94,22 @@ def build(
     built next to OUT and replaces it only when complete: a failed build leaves OUT as it was. To
     download and build in one Prefect flow, use `ptgpt fetch-and-build`.
     """
-    from common.errors import UserError
     from corpus.build import CorpusConfig, build_corpus
     from corpus.sources import parse_extras
     from corpus.tokenizer import TokenizerConfig
 
     config = CorpusConfig(tokenizer=TokenizerConfig(vocab_size=vocab_size, model_type=model_type))
-    try:
-        manifest = build_corpus(
-            raw_dir,
-            out_dir,
-            config,
-            workers=workers or os.cpu_count(),
-            progress=not quiet,
-            cache_dir=cache_dir,
-            force=force,
-            allow_empty_splits=allow_empty_splits,
-            extras=parse_extras(extras, text_field),
-        )
-    except UserError as e:  # until the CLI's own error layer prints every UserError as one line
-        raise click.ClickException(str(e)) from None
+    manifest = build_corpus(
+        raw_dir,
+        out_dir,
+        config,
+        workers=workers or os.cpu_count(),
+        progress=not quiet,
+        cache_dir=cache_dir,
+        force=force,
+        allow_empty_splits=allow_empty_splits,
+        extras=parse_extras(extras, text_field),
+    )
     click.echo(summary_table(manifest))
     click.echo(f"\nwrote {out_dir}/manifest.json in {manifest['build']['seconds']:.1f} s")
 

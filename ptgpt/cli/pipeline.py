@@ -34,13 +34,9 @@ def serve(name: str, limit: int | None) -> None:
 
 def _require_prefect_api(needs_server: bool = False) -> None:
     """Fail in one line, before any work, when the Prefect API the flows would report to is down."""
-    from common.errors import UserError
     from pipelines.serve import check_prefect_api
 
-    try:
-        check_prefect_api(needs_server)
-    except UserError as e:  # until the CLI's own error layer prints every UserError as one line
-        raise click.ClickException(str(e)) from None
+    check_prefect_api(needs_server)  # raises UserError, which the CLI prints as one line
 
 
 def _corpus_options(f):

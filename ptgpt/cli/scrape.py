@@ -74,7 +74,6 @@ def scrape(
 
     Exits 1 when any book failed (they are listed); rerunning skips books already stored.
     """
-    from common.errors import UserError
     from scraping.http import FetchConfig, FetchError
     from scraping.scrape import ScrapeConfig, scrape
 
@@ -97,7 +96,7 @@ def scrape(
         summary = scrape(config, progress=not quiet)
     except FetchError as e:
         raise click.ClickException(f"discovery failed: {e}") from None
-    except (ValueError, UserError) as e:  # UserError: until the CLI's error layer prints it
+    except ValueError as e:
         raise click.ClickException(str(e)) from None
     click.echo(
         f"found {summary.found}, downloaded {summary.downloaded} ({summary.bytes / 1e6:.1f} MB), "
