@@ -9,6 +9,7 @@ can import it.
     OUT/tokenizer.model        SentencePiece model, sha256 in the manifest
     OUT/README.md              dataset card
     OUT/<split>/part-NNNNN.parquet   zstd shards of SHARD_SCHEMA rows, whole books only
+                               (SOURCES_SHARD_SCHEMA when built with extra sources)
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ SHARD_SCHEMA = pa.schema(
         ("n_bytes", pa.int32()),
     ]
 )
+
+# A corpus built with extra sources (`--extra`) adds the origin of each row; a Gutenberg-only corpus
+# keeps SHARD_SCHEMA (readers that need only book_id/tokens read both alike).
+SOURCES_SHARD_SCHEMA = pa.schema(list(SHARD_SCHEMA) + [("source", pa.string()), ("source_id", pa.string())])
 
 
 def shard_file(split: str, index: int) -> str:

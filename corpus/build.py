@@ -41,14 +41,29 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from common import corpus_format as fmt
 from common.errors import UserError, disk_error
-from common.files import atomic_write, write_json_atomic, write_text_atomic
+from common.files import atomic_write, sha256_file, write_json_atomic, write_text_atomic
 from corpus.clean import BookRejected, CleanConfig, CleanedBook, clean_book
 from corpus.dedup import DedupConfig, book_signature, dedup_paragraphs, find_near_duplicate_books
 from corpus.shards import ShardConfig, ShardWriter
+from corpus.sources import (
+    GUTENBERG,
+    ChunkCleaner,
+    ExtraSource,
+    SourcesConfig,
+    SourceStats,
+    check_sources,
+    clean_source,
+    document_book_id,
+    iter_spool,
+    loose_fingerprint,
+    near_duplicates,
+    spool_documents,
+)
 from corpus.split import SPLITS, SplitConfig, split_books
 from corpus.tokenizer import (
     TokenizerConfig,
@@ -414,20 +429,30 @@ def select_books(summaries: Sequence[BookSummary], config: CorpusConfig) -> Book
 
 
 def plan_paragraphs(
-    selection: BookSelection, config: CorpusConfig, progress: bool = True
+    selection: BookSelection,
+    config: CorpusConfig,
+    progress: bool = True,
+    seen: set[bytes] | None = None,
+    loose: set[int] | None = None,
 ) -> tuple[BookSelection, dict[str, list[int]], int]:
     """Exact-duplicate paragraphs over all kept books in id order.
 
     Returns the selection without books left empty (every paragraph a duplicate of an earlier
     book: a volume reprinted inside a collection; they are reported as rejected), the indices of
-    the paragraphs to keep per book key, and the number of paragraphs dropped.
+    the paragraphs to keep per book key, and the number of paragraphs dropped. `seen` (exact) and
+    `loose` (`loose_fingerprint`) collect the kept paragraphs' fingerprints for the extra sources.
     """
-    seen: set[bytes] = set()
+    seen = set() if seen is None else seen
     keep: dict[str, list[int]] = {}
     dropped = 0
     for s in tqdm(selection.kept, desc="dedup", unit="book", disable=not progress, file=sys.stderr):
         book = read_cleaned_book(s)
         keep[s.key] = dedup_paragraphs(book.paragraphs, seen, config.dedup)
+        if loose is not None:
+            long_kept = (book.paragraphs[i] for i in keep[s.key])
+            loose.update(
+                loose_fingerprint(p) for p in long_kept if len(p) >= config.dedup.min_paragraph_chars
+            )
         dropped += len(book.paragraphs) - len(keep[s.key])
     empty = {s.key: s.book_id for s in selection.kept if not keep[s.key]}
     if empty:
@@ -455,31 +480,56 @@ def iter_split_paragraphs(
             yield s, idx, [paragraphs[i] for i in idx]
 
 
+@dataclass
+class ExtraMix:
+    """The extra sources of a build, once deduplicated: their survivors wait in `spool_dir`."""
+
+    sources: list[ExtraSource]
+    stats: list[SourceStats]
+    spool_dir: Path
+    config: SourcesConfig
+    gutenberg: dict = field(default_factory=dict)  # the books' per-source entry of the manifest
+
+    def train_paragraphs(self) -> Iterator[str]:
+        """The train documents' paragraphs, each document `copies` times (the source's weight)."""
+        for rec in iter_spool(self.spool_dir, "train"):
+            for _ in range(rec["c"]):
+                yield from rec["t"]
+
+    def train_chars(self) -> int:
+        return sum(rec["c"] * sum(map(len, rec["t"])) for rec in iter_spool(self.spool_dir, "train"))
+
+
 def train_corpus_tokenizer(
     selection: BookSelection,
     keep: dict[str, list[int]],
     config: CorpusConfig,
     out_dir: str | Path,
     cache_dir: str | Path,
+    extra: ExtraMix | None = None,
 ) -> Path:
-    """SentencePiece on the train split only, streamed; cached by a digest of its exact input."""
+    """SentencePiece on the train split only (of the mix, with weights), streamed; cached by a digest
+    of its exact input."""
     train_ids = set(selection.splits["train"])
     train = [s for s in selection.kept if s.book_id in train_ids]
     if not train:
         raise ValueError("the train split is empty: nothing to train a tokenizer on")
-    input_key = _digest(
-        {
-            "tokenizer": _plain(asdict(config.tokenizer)),
-            "books": [[Path(s.cache_file).stem, _digest(keep[s.key])] for s in train],
-        }
-    )[:32]
+    key = {
+        "tokenizer": _plain(asdict(config.tokenizer)),
+        "books": [[Path(s.cache_file).stem, _digest(keep[s.key])] for s in train],
+    }
+    if extra is not None:
+        key["extra"] = sha256_file(extra.spool_dir / "train.jsonl")
+    input_key = _digest(key)[:32]
     cached = Path(cache_dir) / "tokenizers" / f"{input_key}.model"
     if not cached.exists():
-        total_chars = sum(s.kept_chars for s in train)
+        total_chars = sum(s.kept_chars for s in train) + (extra.train_chars() if extra else 0)
 
         def paragraphs() -> Iterator[str]:
             for _, _, texts in iter_split_paragraphs(selection, keep, "train"):
                 yield from texts
+            if extra is not None:
+                yield from extra.train_paragraphs()
 
         text = paragraphs()
         if config.tokenizer.max_training_chars:
@@ -498,20 +548,62 @@ def write_shards(
     config: CorpusConfig,
     workers: int | None = None,
     progress: bool = True,
+    extra: ExtraMix | None = None,
 ) -> dict[str, list[dict]]:
-    """Encode every kept paragraph and write the shards of each split; split -> shard entries."""
+    """Encode every kept paragraph and write the shards of each split; split -> shard entries.
+
+    With extra sources: the books first, then each split's documents from the spool (train ones
+    `copies` times), with the `source` and `source_id` columns; per-source counts go to `extra`."""
     sp = load_tokenizer(tokenizer_path)
     threads = workers or os.cpu_count() or 1
+    schema = fmt.SOURCES_SHARD_SCHEMA if extra is not None else fmt.SHARD_SCHEMA
     shards = {}
     bar = tqdm(total=len(selection.kept), desc="shards", unit="book", disable=not progress, file=sys.stderr)
     for split in SPLITS:
-        with ShardWriter(out_dir, split, config.shards) as writer:
+        with ShardWriter(out_dir, split, config.shards, schema) as writer:
             for s, idx, texts in iter_split_paragraphs(selection, keep, split):
-                writer.add_book(s.book_id, s.title, s.author, idx, texts, encode_batch(sp, texts, threads))
+                tokens = encode_batch(sp, texts, threads)
+                writer.add_book(s.book_id, s.title, s.author, idx, texts, tokens, GUTENBERG, s.key)
                 bar.update()
+                if extra is not None:
+                    _count(extra.gutenberg["splits"][split], texts, tokens, 1)
+            if extra is not None:
+                _write_documents(writer, sp, threads, extra, split)
         shards[split] = writer.shards
     bar.close()
     return shards
+
+
+def _count(entry: dict, texts: Sequence[str], tokens: Sequence[Sequence[int]], copies: int) -> None:
+    entry["rows"] += len(texts) * copies
+    entry["tokens"] += sum(map(len, tokens)) * copies
+    entry["bytes"] += sum(len(t.encode("utf-8")) for t in texts) * copies
+
+
+def _write_documents(writer: ShardWriter, sp, threads: int, extra: ExtraMix, split: str) -> None:
+    """Append a split's spooled documents, encoded in batches of about a thousand paragraphs."""
+    batch: list[dict] = []
+
+    def flush() -> None:
+        texts = [t for rec in batch for t in rec["t"]]
+        tokens = iter(encode_batch(sp, texts, threads))
+        for rec in batch:
+            ids = [next(tokens) for _ in rec["t"]]
+            source = extra.sources[rec["s"]].name
+            for copy in range(rec["c"]):
+                book_id = document_book_id(source, rec["id"], copy)
+                writer.add_book(book_id, "", "", rec["idx"], rec["t"], ids, source, rec["id"])
+            _count(extra.stats[rec["s"]].splits[split], rec["t"], ids, rec["c"])
+        batch.clear()
+
+    paragraphs = 0
+    for rec in iter_spool(extra.spool_dir, split):
+        batch.append(rec)
+        paragraphs += len(rec["t"])
+        if paragraphs >= 1000:
+            flush()
+            paragraphs = 0
+    flush()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,6 +628,24 @@ def drop_counts(
     }
 
 
+def gutenberg_source_entry(summaries: Sequence[BookSummary], selection: BookSelection) -> dict:
+    """The books' entry among the sources of a mix (split counts are filled in by write_shards)."""
+    dropped = Counter(selection.rejected.values())
+    dropped["near_duplicate"] = sum(len(g["dropped"]) for g in selection.near_duplicates)
+    return {
+        "spec": "raw store",
+        "weight": 1.0,
+        "documents": len(summaries),
+        "kept": len(selection.kept),
+        "dropped": dict(sorted((k, v) for k, v in dropped.items() if v)),
+        "paragraphs_dropped": {},
+        "splits": {
+            split: {"documents": len(selection.splits[split]), "rows": 0, "tokens": 0, "bytes": 0}
+            for split in SPLITS
+        },
+    }
+
+
 def make_manifest(
     raw_dir: str | Path,
     out_dir: str | Path,
@@ -545,9 +655,14 @@ def make_manifest(
     duplicate_paragraphs: int,
     shards: dict[str, list[dict]],
     build_info: dict,
+    extra: ExtraMix | None = None,
 ) -> dict:
     out_dir = Path(out_dir)
     tok = tokenizer_info(out_dir / TOKENIZER_FILE, config.tokenizer)
+    more = {}
+    if extra is not None:  # only then: a Gutenberg-only manifest stays as it always was
+        more["sources"] = {GUTENBERG: extra.gutenberg, **{st.name: st.to_dict() for st in extra.stats}}
+        more["sources_config"] = _plain(asdict(extra.config))
     return fmt.make_manifest(
         fmt.tokenizer_entry(out_dir, **tok),
         {split: fmt.split_entry(selection.splits[split], shards.get(split, [])) for split in SPLITS},
@@ -562,6 +677,7 @@ def make_manifest(
         code_version=cleaning_code_version(),
         source={"raw_dir": str(Path(raw_dir).resolve())},
         build=build_info,  # times: the only part that differs between two builds of one input
+        **more,
     )
 
 
@@ -645,6 +761,8 @@ def dataset_card(manifest: dict) -> str:
         f"- tokenizer: trained on the train split only; cleaning code version `{manifest['code_version']}`",
         "- `manifest.json` holds the full configuration, per-shard sha256 and the book list of each split",
     ]
+    if "sources" in manifest:
+        lines += sources_card(manifest)
     lines += [
         "",
         "## Columns",
@@ -662,6 +780,37 @@ def dataset_card(manifest: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def sources_card(manifest: dict) -> list[str]:
+    """The dataset card's section on a mix of sources: counts, drops by reason, tokens, weights."""
+    lines = [
+        "",
+        "## Sources",
+        "",
+        "Besides the Gutenberg books, documents of other sources went through the same cleaning (no",
+        "Gutenberg header or unwrapping; web-text filters of corpus/doc_filters.py), were deduplicated",
+        "against the books and each other (a copy of a book is dropped in favour of the cleaned book) and",
+        "split by a hash of their id. Each row has `source` and `source_id` (the book's file stem, or",
+        "the document's own id). Other documents have a negative `book_id`, empty `title` and `author`.",
+        "Train documents enter the mix `weight` times (fractions: a deterministic sample).",
+        "",
+        "| source | weight | documents read | kept | train tokens | validation tokens | test tokens |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, src in manifest["sources"].items():
+        sp = src["splits"]
+        lines.append(
+            f"| {name} | {src['weight']:g} | {src['documents']:,} | {src['kept']:,} | "
+            + " | ".join(f"{sp[s]['tokens']:,}" for s in SPLITS)
+            + " |"
+        )
+    lines += ["", "Dropped, by source and reason (documents; then paragraphs or lines inside kept ones):", ""]
+    for name, src in manifest["sources"].items():
+        docs = ", ".join(f"{k} {v:,}" for k, v in src["dropped"].items()) or "none"
+        paragraphs = ", ".join(f"{k} {v:,}" for k, v in src["paragraphs_dropped"].items()) or "none"
+        lines.append(f"- {name} (`{src['spec']}`): {docs}; paragraphs: {paragraphs}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -722,8 +871,13 @@ def build_corpus(
     source: str | None = None,
     force: bool = False,
     allow_empty_splits: bool = False,
+    extras: Sequence[ExtraSource] = (),
+    sources_config: SourcesConfig | None = None,
 ) -> dict:
     """Build the corpus folder OUT from a raw store; returns the manifest (also written to OUT).
+
+    extras: other text sources (corpus/sources.py `parse_extras`), cleaned, filtered and
+    deduplicated against the books and mixed in; without them the build is exactly the books'.
 
     raw_books: the books to use (default: every book of the raw store). map_books: the executor of
     the per-book stage (default: `process_pool(workers, progress)`). build_info: extra entries for
@@ -741,6 +895,7 @@ def build_corpus(
     check_build_inputs(
         raw_dir, out_dir, raw_books, config, force=force, allow_empty_splits=allow_empty_splits
     )
+    check_sources(extras)
     out_dir = out_dir.resolve()  # "." has no name to put a staging folder next to; a link, its target
     finish_interrupted_swap(out_dir)
     staging = staging_dir(out_dir)
@@ -760,6 +915,8 @@ def build_corpus(
             map_books,
             dict(build_info or {}),
             allow_empty_splits,
+            list(extras),
+            sources_config or SourcesConfig(),
         )
         if source is not None:
             manifest["source"]["source"] = source
@@ -788,6 +945,8 @@ def _build(
     map_books: BookMapper,
     build_info: dict,
     allow_empty_splits: bool,
+    extras: list[ExtraSource] | None = None,
+    sources_config: SourcesConfig | None = None,
 ) -> dict:
     """The stages, writing into `out_dir` (the staging folder); returns the manifest to write."""
     t0 = time.perf_counter()
@@ -810,18 +969,66 @@ def _build(
             f"({', '.join(f'{k}: {v}' for k, v in reasons.most_common())}): nothing to build"
         )
     t = lap("select", t)
-    selection, keep, duplicate_paragraphs = plan_paragraphs(selection, config, progress)
+    seen: set[bytes] = set()
+    loose: set[int] | None = None
+    if extras:
+        sources_config = sources_config or SourcesConfig()
+        cleaner = ChunkCleaner(sources_config, config.dedup, str(cache_dir))
+        chunks = [clean_source(src, cleaner, workers or os.cpu_count() or 1, progress) for src in extras]
+        t = lap("clean_extra", t)
+        books = [s.key for s in selection.kept]
+        signatures = np.concatenate(
+            [np.asarray([s.signature for s in selection.kept], dtype="<u4").reshape(len(books), -1)]
+            + [c.signatures for per_source in chunks for c in per_source]
+        )
+        for c in (c for per_source in chunks for c in per_source):  # one copy of the signatures, not two
+            c.signatures = np.zeros((0, signatures.shape[1]), dtype="<u4")
+        dup_of = near_duplicates(signatures, sources_config.doc_threshold, sources_config.lsh_rows)
+        del signatures
+        t = lap("near_duplicates", t)
+        loose = set()
+    selection, keep, duplicate_paragraphs = plan_paragraphs(selection, config, progress, seen, loose)
     if not allow_empty_splits and not all(selection.splits.values()):
         raise UserError(_too_few_books(len(selection.kept), "after cleaning and deduplication it keeps"))
     t = lap("dedup_paragraphs", t)
+    extra = None
+    if extras:
+        assert loose is not None and sources_config is not None
+        first_rows = np.cumsum([len(books)] + [sum(c.kept for c in cs) for cs in chunks])
+
+        def item_name(row: int) -> str:
+            if row < len(books):
+                return f"{GUTENBERG}:{books[row]}"
+            i = int(np.searchsorted(first_rows, row, side="right")) - 1
+            return f"{extras[i].name}#{row - first_rows[i]}"
+
+        stats = spool_documents(
+            extras,
+            chunks,
+            dup_of,
+            len(books),
+            item_name,
+            seen,
+            loose,
+            config.dedup,
+            sources_config,
+            config.split,
+            out_dir / ".spool",
+            progress,
+        )
+        extra = ExtraMix(extras, stats, out_dir / ".spool", sources_config)
+        extra.gutenberg = gutenberg_source_entry(summaries, selection)
+        t = lap("dedup_extra", t)
     try:
-        tokenizer_path = train_corpus_tokenizer(selection, keep, config, out_dir, cache_dir)
+        tokenizer_path = train_corpus_tokenizer(selection, keep, config, out_dir, cache_dir, extra)
     except RuntimeError as e:
         if "SentencePiece" not in str(e):
             raise
         raise UserError(f"{e} (--vocab-size {config.tokenizer.vocab_size})") from e
     t = lap("tokenizer", t)
-    shards = write_shards(selection, keep, tokenizer_path, out_dir, config, workers, progress)
+    shards = write_shards(selection, keep, tokenizer_path, out_dir, config, workers, progress, extra)
+    if extra is not None:
+        shutil.rmtree(extra.spool_dir)
     t = lap("shards", t)
     info = {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -829,7 +1036,15 @@ def _build(
         "stage_seconds": times,
     }
     manifest = make_manifest(
-        raw_dir, out_dir, config, summaries, selection, duplicate_paragraphs, shards, {**info, **build_info}
+        raw_dir,
+        out_dir,
+        config,
+        summaries,
+        selection,
+        duplicate_paragraphs,
+        shards,
+        {**info, **build_info},
+        extra,
     )
     write_text_atomic(out_dir / fmt.README_FILE, dataset_card(manifest))
     return manifest

@@ -36,15 +36,18 @@ class ShardWriter:
     for manifest.json. `root` is the corpus folder; shards go to `root/<split>/`.
     """
 
-    def __init__(self, root: str | Path, split: str, config: ShardConfig = ShardConfig()):
+    def __init__(
+        self, root: str | Path, split: str, config: ShardConfig = ShardConfig(), schema: pa.Schema = SCHEMA
+    ):
         self.root = Path(root)
         self.split = split
         self.config = config
+        self.schema = schema  # SCHEMA, or fmt.SOURCES_SHARD_SCHEMA for a corpus with --extra sources
         (self.root / split).mkdir(parents=True, exist_ok=True)
         self.shards: list[dict] = []
         self._writer: pq.ParquetWriter | None = None
         self._tmp: Path | None = None
-        self._rows: dict[str, list] = {name: [] for name in SCHEMA.names}
+        self._rows: dict[str, list] = {name: [] for name in schema.names}
         self._stats = dict(rows=0, tokens=0, bytes=0)
 
     def _open(self) -> None:
@@ -52,7 +55,7 @@ class ShardWriter:
         self._tmp = self.root / self.split / f".{name}.tmp"
         self._writer = pq.ParquetWriter(
             self._tmp,
-            SCHEMA,
+            self.schema,
             compression=self.config.compression,
             compression_level=self.config.compression_level,
             write_statistics=["book_id", "paragraph_index", "n_bytes"],
@@ -65,7 +68,7 @@ class ShardWriter:
             chunk = {k: v[:n] for k, v in self._rows.items()}
             self._rows = {k: v[n:] for k, v in self._rows.items()}
             assert self._writer is not None
-            self._writer.write_table(pa.Table.from_pydict(chunk, schema=SCHEMA), row_group_size=n)
+            self._writer.write_table(pa.Table.from_pydict(chunk, schema=self.schema), row_group_size=n)
 
     def add_book(
         self,
@@ -75,8 +78,12 @@ class ShardWriter:
         paragraph_indices: Sequence[int],
         texts: Sequence[str],
         tokens: Sequence[Sequence[int]],
+        source: str | None = None,
+        source_id: str | None = None,
     ) -> None:
-        """Append one whole book's rows, in paragraph order."""
+        """Append one whole book's (or document's) rows, in paragraph order.
+
+        source, source_id: the origin columns of a corpus with extra sources (ignored without them)."""
         if not (len(paragraph_indices) == len(texts) == len(tokens)):
             raise ValueError("paragraph_indices, texts and tokens must have the same length")
         if not texts:
@@ -92,6 +99,9 @@ class ShardWriter:
         rows["text"].extend(texts)
         rows["tokens"].extend(tokens)
         rows["n_bytes"].extend(n_bytes)
+        if "source" in rows:
+            rows["source"].extend([source] * len(texts))
+            rows["source_id"].extend([source_id] * len(texts))
         self._stats["rows"] += len(texts)
         self._stats["tokens"] += sum(len(t) for t in tokens)
         self._stats["bytes"] += sum(n_bytes)

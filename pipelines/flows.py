@@ -54,6 +54,7 @@ from prefect.utilities.annotations import unmapped
 from common.errors import UserError
 from corpus import build as cb
 from corpus.build import BookCleaner, BookSummary, CorpusConfig, RawBook
+from corpus.sources import check_sources, parse_extras
 from corpus.tokenizer import TokenizerConfig
 from pipelines import artifacts, tasks
 from scraping.http import FetchConfig, FetchError
@@ -183,6 +184,8 @@ def build_corpus_flow(
     rate: float = 1.0,
     task_runner: str = "threads",
     dask_address: str | None = None,
+    extra: list[str] | None = None,
+    text_field: str = "text",
 ) -> dict:
     """Gutenberg (a site URL or a folder of <id>.txt) -> the corpus folder OUT (docs/formats.md).
 
@@ -193,6 +196,8 @@ def build_corpus_flow(
     (threads, processes or Dask workers) and encoding threads. rate: requests per second per host
     (0: no limit, own mirrors). task_runner: "threads", "processes" or "dask" for the per-book
     cleaning; dask_address: an existing scheduler (default: a LocalCluster of `workers` processes).
+    extra: more text sources, `SOURCE[:weight]` as `ptgpt corpus build --extra` (their documents are
+    cleaned in a process pool of `workers`, not as Prefect tasks); text_field: their text field.
     Returns a summary: books, and rows/tokens/books per split.
     """
     logger = get_run_logger()
@@ -201,6 +206,8 @@ def build_corpus_flow(
     raw_dir = Path(raw) if raw else default_raw_dir(out)
     config = CorpusConfig(tokenizer=TokenizerConfig(vocab_size=vocab_size, model_type=model_type))
     cb.check_build_inputs(raw_dir, out_dir, None, config)  # before any download
+    extras = parse_extras(extra or [], text_field)
+    check_sources(extras)
     logger.info("building %s from %s (raw store %s, cleaning on %s)", out_dir, source, raw_dir, task_runner)
 
     t0 = time.perf_counter()
@@ -224,6 +231,7 @@ def build_corpus_flow(
         map_books=clean_tasks(runner),
         build_info=build_info,
         source=source,
+        extras=extras,
     )
 
     words = artifacts.split_words(out_dir, manifest)
@@ -346,6 +354,8 @@ def corpus_and_train_flow(
     rate: float = 1.0,
     task_runner: str = "threads",
     dask_address: str | None = None,
+    extra: list[str] | None = None,
+    text_field: str = "text",
     preset: str = TrainConfig.preset,
     max_steps: int = TrainConfig.max_steps,
     overrides: dict | None = None,
@@ -365,6 +375,8 @@ def corpus_and_train_flow(
         rate=rate,
         task_runner=task_runner,
         dask_address=dask_address,
+        extra=extra,
+        text_field=text_field,
     )
     trained = train_model_flow(
         corpus=out, run=run, preset=preset, max_steps=max_steps, overrides=overrides, nproc=nproc

@@ -59,6 +59,21 @@ def corpus() -> None:
     is_flag=True,
     help="Build from fewer than 3 books, leaving validation or test empty.",
 )
+@click.option(
+    "--extra",
+    "extras",
+    multiple=True,
+    metavar="SOURCE[:WEIGHT]",
+    help="More text next to the books (repeatable): a .jsonl/.json/.parquet/.txt file or folder, "
+    "or a dataset for datasets.load_dataset (local folder or hub name), streamed. WEIGHT (default 1): "
+    "copies of each train document in the mix.",
+)
+@click.option(
+    "--text-field",
+    default="text",
+    show_default=True,
+    help="The field or column of --extra sources that holds the text.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def build(
     raw_dir: Path,
@@ -69,6 +84,8 @@ def build(
     cache_dir: Path | None,
     force: bool,
     allow_empty_splits: bool,
+    extras: tuple[str, ...],
+    text_field: str,
     quiet: bool,
 ) -> None:
     """Build a corpus from a raw store already on disk (no Prefect, no downloads).
@@ -78,6 +95,7 @@ def build(
     download and build in one Prefect flow, use `ptgpt fetch-and-build`.
     """
     from corpus.build import CorpusConfig, build_corpus
+    from corpus.sources import parse_extras
     from corpus.tokenizer import TokenizerConfig
 
     config = CorpusConfig(tokenizer=TokenizerConfig(vocab_size=vocab_size, model_type=model_type))
@@ -90,6 +108,7 @@ def build(
         cache_dir=cache_dir,
         force=force,
         allow_empty_splits=allow_empty_splits,
+        extras=parse_extras(extras, text_field),
     )
     click.echo(summary_table(manifest))
     click.echo(f"\nwrote {out_dir}/manifest.json in {manifest['build']['seconds']:.1f} s")
@@ -170,6 +189,13 @@ def summary_table(manifest: dict) -> str:
     for kind in ("books", "paragraphs"):
         if drops.get(kind):
             lines.append(f"{kind} dropped: " + ", ".join(f"{k} {v:,}" for k, v in drops[kind].items()))
+    for name, src in manifest.get("sources", {}).items():
+        dropped = ", ".join(f"{k} {v:,}" for k, v in src["dropped"].items()) or "none"
+        tokens = sum(s["tokens"] for s in src["splits"].values())
+        lines.append(
+            f"source {name} (weight {src['weight']:g}): {src['documents']:,} read, {src['kept']:,} kept, "
+            f"{tokens:,} tokens; dropped: {dropped}"
+        )
     for g in books.get("near_duplicates", []):
         lines.append(
             f"near-duplicate: kept {g['kept']}, dropped {', '.join(g['dropped'])} (~{g['similarity']:.2f})"
