@@ -8,6 +8,46 @@ from pathlib import Path
 
 import click
 
+from corpus.tokenizer import TokenizerConfig  # sentencepiece only: the defaults, defined once
+
+
+def text_options(f):
+    """What text goes in and how it is tokenized: shared by `corpus build`, `fetch-and-build` and `run`."""
+    options = [
+        click.option(
+            "--vocab-size",
+            type=click.IntRange(min=8),
+            default=TokenizerConfig.vocab_size,
+            show_default=True,
+            help="SentencePiece vocabulary (8000 suits the Gutenberg books alone).",
+        ),
+        click.option(
+            "--model-type",
+            type=click.Choice(["bpe", "unigram"]),
+            default=TokenizerConfig.model_type,
+            show_default=True,
+            help="SentencePiece model.",
+        ),
+        click.option(
+            "--extra",
+            "extras",
+            multiple=True,
+            metavar="SOURCE[:WEIGHT]",
+            help="More text next to the books (repeatable): a .jsonl/.json/.parquet/.txt file or folder, "
+            "or a dataset for datasets.load_dataset (local folder or hub name), streamed. WEIGHT "
+            "(default 1): copies of each train document in the mix.",
+        ),
+        click.option(
+            "--text-field",
+            default="text",
+            show_default=True,
+            help="The field or column of --extra sources that holds the text.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
 
 @click.group()
 def corpus() -> None:
@@ -28,14 +68,6 @@ def corpus() -> None:
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
     help="Corpus folder (shards, tokenizer.model, manifest.json). Rerunning resumes.",
-)
-@click.option("--vocab-size", type=click.IntRange(min=8), default=32000, show_default=True)
-@click.option(
-    "--model-type",
-    type=click.Choice(["bpe", "unigram"]),
-    default="bpe",
-    show_default=True,
-    help="SentencePiece model.",
 )
 @click.option(
     "--workers",
@@ -59,21 +91,7 @@ def corpus() -> None:
     is_flag=True,
     help="Build from fewer than 3 books, leaving validation or test empty.",
 )
-@click.option(
-    "--extra",
-    "extras",
-    multiple=True,
-    metavar="SOURCE[:WEIGHT]",
-    help="More text next to the books (repeatable): a .jsonl/.json/.parquet/.txt file or folder, "
-    "or a dataset for datasets.load_dataset (local folder or hub name), streamed. WEIGHT (default 1): "
-    "copies of each train document in the mix.",
-)
-@click.option(
-    "--text-field",
-    default="text",
-    show_default=True,
-    help="The field or column of --extra sources that holds the text.",
-)
+@text_options
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def build(
     raw_dir: Path,

@@ -106,7 +106,9 @@ def format_report(result: dict, worst_best: int = 3) -> str:
 @click.option("--block-size", type=int, default=None, help="Tokens per bpb window [default: the run's].")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--max-batches", type=int, default=None, help="bpb on only this many batches per split.")
-@click.option("--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cuda, mps or cpu.")
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cuda, mps or cpu."
+)
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's].")
 def eval_command(
     run_dir: Path | None,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from ptgpt.cli.corpus import text_options
 from ptgpt.cli.train import max_steps_option, nproc_option, preset_option
 
 
@@ -56,14 +57,6 @@ def _corpus_options(f):
             help="Corpus folder; the raw store goes beside it (OUT/../raw).",
         ),
         click.option("--limit", type=click.IntRange(min=0), default=None, help="At most N books."),
-        click.option("--vocab-size", type=click.IntRange(min=8), default=32000, show_default=True),
-        click.option(
-            "--model-type",
-            type=click.Choice(["bpe", "unigram"]),
-            default="bpe",
-            show_default=True,
-            help="SentencePiece model.",
-        ),
         click.option("--workers", type=click.IntRange(min=1), default=None, help="Cleaning workers."),
         click.option(
             "--rate",
@@ -87,12 +80,12 @@ def _corpus_options(f):
     ]
     for option in reversed(options):
         f = option(f)
-    return f
+    return text_options(f)
 
 
 @click.command(name="fetch-and-build")
 @_corpus_options
-def build(out: Path, **params) -> None:
+def build(out: Path, extras: tuple[str, ...], **params) -> None:
     """Download books from a source and build a corpus: the build-corpus Prefect flow, in this process.
 
     No server or worker needed (with PREFECT_API_URL set, the run reports there). To build from a
@@ -101,7 +94,7 @@ def build(out: Path, **params) -> None:
     from pipelines.flows import build_corpus_flow
 
     _require_prefect_api()
-    _finish(build_corpus_flow(out=str(out), **params, return_state=True))
+    _finish(build_corpus_flow(out=str(out), extra=list(extras), **params, return_state=True))
 
 
 @click.command()
@@ -117,12 +110,14 @@ def build(out: Path, **params) -> None:
 @preset_option
 @max_steps_option
 @nproc_option
-def run(out: Path, run_dir: Path, **params) -> None:
+def run(out: Path, run_dir: Path, extras: tuple[str, ...], **params) -> None:
     """Run corpus-and-train (the main job) in this process."""
     from pipelines.flows import corpus_and_train_flow
 
     _require_prefect_api()
-    _finish(corpus_and_train_flow(out=str(out), run=str(run_dir), **params, return_state=True))
+    _finish(
+        corpus_and_train_flow(out=str(out), run=str(run_dir), extra=list(extras), **params, return_state=True)
+    )
 
 
 def _finish(state) -> None:

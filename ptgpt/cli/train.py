@@ -134,7 +134,9 @@ _checkpoint_option = click.option(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A checkpoint folder instead of the run's newest.",
 )
-_device_option = click.option("--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cuda, mps or cpu.")
+_device_option = click.option(
+    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cuda, mps or cpu."
+)
 
 
 @click.command("generate")
