@@ -257,29 +257,10 @@ def corpus(tmp_path_factory):
 
 
 def trainer_config(corpus, run, **kw):
-    from training.train import TrainConfig
+    """test_train's tiny run, in fp16."""
+    from test_train import tiny_config
 
-    model = {"n_layer": 2, "n_embd": 32, "n_head": 2, "n_kv_head": 1, "mlp_hidden": 64, "max_seq_len": 16}
-    base = dict(
-        corpus=str(corpus),
-        run_dir=str(run),
-        model_overrides=model,
-        max_steps=6,
-        batch_size=4,
-        block_size=16,
-        warmup_steps=2,
-        eval_every=0,
-        checkpoint_every=3,
-        log_every=1,
-        shuffle_buffer=8,
-        threads=1,
-        samples=False,
-        tensorboard=False,
-        progress=False,
-        plot=False,
-        precision="fp16",
-    )
-    return TrainConfig(**{**base, **kw})
+    return tiny_config(corpus, run, **{"precision": "fp16", **kw})
 
 
 def test_trainer_fp16_on_cpu_logs_the_scale_and_resumes_bit_exactly(corpus, tmp_path):
