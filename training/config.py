@@ -103,3 +103,35 @@ class TrainConfig:
 
         if self.preset not in PRESETS:
             raise ConfigError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+
+
+# Instruction fine-tuning (training/sft.py): its knobs and defaults, for `ptgpt sft` to read without torch.
+@dataclass
+class SFTConfig:
+    base: str  # pre-trained RUN folder (its best checkpoint) or a checkpoint folder
+    data: str  # JSONL conversations to train on
+    run_dir: str  # SFT RUN folder
+    val_data: str | None = None  # JSONL conversations for a validation loss
+    max_steps: int = 300
+    batch_size: int = 16
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 1337
+    max_len: int | None = None  # longest conversation in tokens; None: the model's context
+    eval_every: int = 100  # steps between validation losses (needs val_data); 0: never
+    checkpoint_every: int = 100
+    keep_last: int = 2
+    log_every: int = 10
+    device: str = "auto"
+    threads: int | None = None
+    progress: bool = True
+    tensorboard: bool = False
+    plot: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "checkpoint_every", "keep_last", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

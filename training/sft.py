@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,7 @@ from training.chat import (
     load_chat_tokenizer,
     stream_tokens,
 )
+from training.config import SFTConfig
 from training.metrics import MetricsLogger, ProgressBar, plot_run
 from training.model import GPT, IGNORE_INDEX
 from training.precision import pick_device
@@ -45,37 +46,6 @@ RUN_CONFIG_FILE = "config.json"
 
 class DataError(UserError, ValueError):
     """A bad row or file of conversations: the CLI prints it as one line."""
-
-
-@dataclass
-class SFTConfig:
-    base: str  # pre-trained RUN folder (its best checkpoint) or a checkpoint folder
-    data: str  # JSONL conversations to train on
-    run_dir: str  # SFT RUN folder
-    val_data: str | None = None  # JSONL conversations for a validation loss
-    max_steps: int = 300
-    batch_size: int = 16
-    lr: float = 5e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    seed: int = 1337
-    max_len: int | None = None  # longest conversation in tokens; None: the model's context
-    eval_every: int = 100  # steps between validation losses (needs val_data); 0: never
-    checkpoint_every: int = 100
-    keep_last: int = 2
-    log_every: int = 10
-    device: str = "auto"
-    threads: int | None = None
-    progress: bool = True
-    tensorboard: bool = False
-    plot: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "checkpoint_every", "keep_last", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 # -----------------------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from training.config import SFTConfig  # no torch: the sft defaults
+
 RUN_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
@@ -92,14 +94,16 @@ def _pick_items(items: list[dict], limit: int) -> list[dict]:
 @click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--val-data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
 @click.option("--corpus", "corpus_dir", type=RUN_DIR, default=None, help="For builtin: the corpus.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=300, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-4, show_default=True)
-@click.option("--warmup-steps", type=click.IntRange(min=0), default=20, show_default=True)
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True)
-@click.option("--eval-every", type=click.IntRange(min=0), default=100, show_default=True)
-@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--max-steps", type=click.IntRange(min=1), default=SFTConfig.max_steps, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=SFTConfig.batch_size, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=SFTConfig.lr, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=SFTConfig.warmup_steps, show_default=True)
+@click.option(
+    "--checkpoint-every", type=click.IntRange(min=1), default=SFTConfig.checkpoint_every, show_default=True
+)
+@click.option("--eval-every", type=click.IntRange(min=0), default=SFTConfig.eval_every, show_default=True)
+@click.option("--log-every", type=click.IntRange(min=1), default=SFTConfig.log_every, show_default=True)
+@click.option("--device", default=SFTConfig.device, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option(
     "--score-items",
@@ -132,7 +136,6 @@ def sft(
     With `--data builtin` the instruction set is made from the base run's corpus into
     RUN/instructions/, trained on, and held-out items are answered by the base and the tuned model.
     """
-    from training.sft import SFTConfig
     from training.sft import sft as run_sft
 
     heldout = None
@@ -205,7 +208,6 @@ def demo_chat(base: Path, run_dir: Path, max_steps: int, score_items: int = 60) 
     """The end of `ptgpt demo`: SFT on the built-in instructions, the held-out scores, one exchange."""
     from corpus.instructions import InstructionConfig, write_instructions
     from training.chat import SamplingConfig, load_chat_session
-    from training.sft import SFTConfig
     from training.sft import sft as run_sft
 
     folder = run_dir / "instructions"
