@@ -48,15 +48,24 @@ from common import corpus_format as fmt
 from common.errors import UserError, disk_error
 from common.files import atomic_write, sha256_file, write_json_atomic, write_text_atomic
 from corpus.clean import BookRejected, CleanConfig, CleanedBook, clean_book
-from corpus.dedup import DedupConfig, book_signature, dedup_paragraphs, find_near_duplicate_books
+from corpus.dedup import (
+    DedupConfig,
+    FingerprintSet,
+    book_signature,
+    dedup_paragraphs,
+    find_near_duplicate_books,
+)
 from corpus.shards import ShardConfig, ShardWriter
 from corpus.sources import (
     GUTENBERG,
     ChunkCleaner,
+    ChunkMapper,
     ExtraSource,
+    SignatureFile,
     SourcesConfig,
     SourceStats,
     check_sources,
+    chunk_process_pool,
     clean_source,
     document_book_id,
     iter_spool,
@@ -432,8 +441,8 @@ def plan_paragraphs(
     selection: BookSelection,
     config: CorpusConfig,
     progress: bool = True,
-    seen: set[bytes] | None = None,
-    loose: set[int] | None = None,
+    seen: FingerprintSet | None = None,
+    loose: FingerprintSet | None = None,
 ) -> tuple[BookSelection, dict[str, list[int]], int]:
     """Exact-duplicate paragraphs over all kept books in id order.
 
@@ -442,7 +451,7 @@ def plan_paragraphs(
     the paragraphs to keep per book key, and the number of paragraphs dropped. `seen` (exact) and
     `loose` (`loose_fingerprint`) collect the kept paragraphs' fingerprints for the extra sources.
     """
-    seen = set() if seen is None else seen
+    seen = FingerprintSet() if seen is None else seen
     keep: dict[str, list[int]] = {}
     dropped = 0
     for s in tqdm(selection.kept, desc="dedup", unit="book", disable=not progress, file=sys.stderr):
@@ -873,6 +882,7 @@ def build_corpus(
     allow_empty_splits: bool = False,
     extras: Sequence[ExtraSource] = (),
     sources_config: SourcesConfig | None = None,
+    map_chunks: ChunkMapper | None = None,
 ) -> dict:
     """Build the corpus folder OUT from a raw store; returns the manifest (also written to OUT).
 
@@ -880,7 +890,8 @@ def build_corpus(
     deduplicated against the books and mixed in; without them the build is exactly the books'.
 
     raw_books: the books to use (default: every book of the raw store). map_books: the executor of
-    the per-book stage (default: `process_pool(workers, progress)`). build_info: extra entries for
+    the per-book stage (default: `process_pool(workers, progress)`); map_chunks, of the extra sources'
+    per-chunk stage (default: `chunk_process_pool(workers)`). build_info: extra entries for
     the manifest's `build` (a flow adds its run id, `stage_seconds` its download time). source: where
     the raw store's books came from, recorded in the manifest. force: build into a non-empty OUT
     that is not a corpus. allow_empty_splits: build from fewer than 3 books.
@@ -917,6 +928,7 @@ def build_corpus(
             allow_empty_splits,
             list(extras),
             sources_config or SourcesConfig(),
+            map_chunks,
         )
         if source is not None:
             manifest["source"]["source"] = source
@@ -947,6 +959,7 @@ def _build(
     allow_empty_splits: bool,
     extras: list[ExtraSource] | None = None,
     sources_config: SourcesConfig | None = None,
+    map_chunks: ChunkMapper | None = None,
 ) -> dict:
     """The stages, writing into `out_dir` (the staging folder); returns the manifest to write."""
     t0 = time.perf_counter()
@@ -969,24 +982,21 @@ def _build(
             f"({', '.join(f'{k}: {v}' for k, v in reasons.most_common())}): nothing to build"
         )
     t = lap("select", t)
-    seen: set[bytes] = set()
-    loose: set[int] | None = None
+    seen = FingerprintSet()
+    loose: FingerprintSet | None = None
     if extras:
         sources_config = sources_config or SourcesConfig()
         cleaner = ChunkCleaner(sources_config, config.dedup, str(cache_dir))
-        chunks = [clean_source(src, cleaner, workers or os.cpu_count() or 1, progress) for src in extras]
-        t = lap("clean_extra", t)
         books = [s.key for s in selection.kept]
-        signatures = np.concatenate(
-            [np.asarray([s.signature for s in selection.kept], dtype="<u4").reshape(len(books), -1)]
-            + [c.signatures for per_source in chunks for c in per_source]
-        )
-        for c in (c for per_source in chunks for c in per_source):  # one copy of the signatures, not two
-            c.signatures = np.zeros((0, signatures.shape[1]), dtype="<u4")
+        signatures = SignatureFile(out_dir / ".spool" / "signatures.u32", config.dedup.num_perm)
+        signatures.append(np.asarray([s.signature for s in selection.kept], dtype="<u4"))
+        map_chunks = map_chunks or chunk_process_pool(workers or os.cpu_count() or 1)
+        chunks = [clean_source(src, cleaner, signatures, map_chunks, progress) for src in extras]
+        t = lap("clean_extra", t)
         dup_of = near_duplicates(signatures, sources_config.doc_threshold, sources_config.lsh_rows)
-        del signatures
+        signatures.path.unlink()
         t = lap("near_duplicates", t)
-        loose = set()
+        loose = FingerprintSet()
     selection, keep, duplicate_paragraphs = plan_paragraphs(selection, config, progress, seen, loose)
     if not allow_empty_splits and not all(selection.splits.values()):
         raise UserError(_too_few_books(len(selection.kept), "after cleaning and deduplication it keeps"))

@@ -48,30 +48,39 @@ class DedupConfig:
 # Near-duplicate books
 
 MINHASH_SCHEME = "affine32"  # for datasketch objects rebuilt from our values (only LSH uses them)
-_SPELLING_FOLD = str.maketrans(
-    {"u": "v", "y": "i", "j": "i", "w": "v", "k": "c", "q": "c", "z": "s", "x": "s", "ç": "s", "&": "e"}
-)
+# Letter -> letter. Applied with str.replace, one letter at a time: 20x faster on book-sized text than
+# str.translate, which takes a per-character path on strings with any non-ASCII character. No
+# replacement is another's source letter, so the order does not matter.
+_SPELLING_FOLD = (
+    ("u", "v"), ("y", "i"), ("j", "i"), ("w", "v"), ("k", "c"), ("q", "c"), ("z", "s"), ("x", "s"), ("ç", "s"),
+    ("&", "e"),
+)  # fmt: skip
 _COMBINING = re.compile(r"[\u0300-\u036f]")
 _DIGRAPHS = re.compile(r"ph|th|ch|h")
 _DIGRAPH_SOUND = {"ph": "f", "th": "t", "ch": "s", "h": ""}
 _REPEATS = re.compile(r"([a-z0-9])\1+")
 _NASAL_END = re.compile(r"[mn]+(?![a-z0-9&])")  # nasal endings vary between spellings (forão/foram)
 _WORD = re.compile(r"[a-z0-9&]+")
+_WORD_BYTES = re.compile(rb"[a-z0-9&]+")
 
 
 def skeleton_words(text: str) -> list[str]:
     """Lower-case words with spelling variation folded away (see the module docstring).
 
     Lossy on purpose: it only has to make two editions of one text look alike, never be read.
-    Works on the whole text at once (regexes and `str.translate`), not word by word: it runs on
+    Works on the whole text at once (regexes and `str.replace`), not word by word: it runs on
     every book.
     """
+    return _WORD.findall(_skeleton_text(text))
+
+
+def _skeleton_text(text: str) -> str:
     text = text.replace("-\n", "").replace("ſ", "s")  # words hyphenated across facsimile lines
     text = _COMBINING.sub("", unicodedata.normalize("NFKD", text.lower()))
-    text = text.translate(_SPELLING_FOLD)
+    for letter, folded in _SPELLING_FOLD:
+        text = text.replace(letter, folded)
     text = _DIGRAPHS.sub(lambda m: _DIGRAPH_SOUND[m.group()], text)
-    text = _NASAL_END.sub("", _REPEATS.sub(r"\1", text))
-    return _WORD.findall(text)
+    return _NASAL_END.sub("", _REPEATS.sub(r"\1", text))
 
 
 # MinHash with multiply-add-shift hashing: h_i(x) = ((a_i * crc32(x) + b_i) mod 2^64) >> 32, a strongly
@@ -107,11 +116,13 @@ def minhash(shingles: Iterable[bytes], num_perm: int = 128, seed: int = 1) -> np
 
 def book_signature(paragraphs: Iterable[str], config: DedupConfig = DedupConfig()) -> list[int]:
     """MinHash of a book's skeleton word shingles, as plain ints (JSON-cacheable)."""
-    words = skeleton_words("\n\n".join(paragraphs))
+    # Skeleton words are ASCII ([a-z0-9&]), so the text is encoded once and the shingles are sliced
+    # as bytes: the same shingles as joining `skeleton_words`, without an encode per shingle.
+    words = _WORD_BYTES.findall(_skeleton_text("\n\n".join(paragraphs)).encode())
     k = config.shingle_words
-    shingles = {" ".join(words[i : i + k]).encode() for i in range(max(0, len(words) - k + 1))}
+    shingles = set(map(b" ".join, zip(*(words[i:] for i in range(k)), strict=False)))
     if words and not shingles:  # fewer words than a shingle
-        shingles = {" ".join(words).encode()}
+        shingles = {b" ".join(words)}
     return [int(h) for h in minhash(shingles, config.num_perm, config.seed)]
 
 
@@ -204,13 +215,55 @@ def find_near_duplicate_books(
 # Exact duplicate paragraphs
 
 
-def paragraph_fingerprint(text: str) -> bytes:
-    """A 12-byte digest of the paragraph: collisions are negligible for billions of paragraphs."""
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=12).digest()
+def paragraph_fingerprint(text: str) -> int:
+    """A 64-bit digest of the paragraph: the expected number of colliding pairs among a billion
+    paragraphs is 0.03."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+
+
+class FingerprintSet:
+    """A set of 64-bit fingerprints at 8 bytes each, where a Python set of ints takes ~60.
+
+    Deduplicating web-sized sources keeps one fingerprint per kept paragraph (two with loose
+    duplicates), so this is what the main process's memory grows with: a sorted numpy array,
+    searched with binary search, plus a small Python set of recent additions that is merged into the
+    array (in linear time) whenever it fills up.
+    """
+
+    def __init__(self, fingerprints: Iterable[int] = (), buffer_size: int = 1 << 16):
+        self._sorted = np.empty(0, dtype=np.uint64)
+        self._recent: set[int] = set()
+        self._buffer_size = buffer_size
+        self.update(fingerprints)
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._recent)
+
+    def __contains__(self, fp: int) -> bool:
+        if fp in self._recent:
+            return True
+        i = int(np.searchsorted(self._sorted, np.uint64(fp)))
+        return i < len(self._sorted) and int(self._sorted[i]) == fp
+
+    def add(self, fp: int) -> None:
+        if fp not in self:
+            self._recent.add(fp)
+            if len(self._recent) >= self._buffer_size:
+                self._merge()
+
+    def update(self, fps: Iterable[int]) -> None:
+        for fp in fps:
+            self.add(fp)
+
+    def _merge(self) -> None:
+        new = np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent))
+        new.sort()
+        self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, new), new)
+        self._recent.clear()
 
 
 def dedup_paragraphs(
-    paragraphs: Sequence[str], seen: set[bytes], config: DedupConfig = DedupConfig()
+    paragraphs: Sequence[str], seen: FingerprintSet | set[int], config: DedupConfig = DedupConfig()
 ) -> list[int]:
     """Indices of the paragraphs to keep; `seen` carries fingerprints across calls (and books).
 

@@ -14,9 +14,11 @@
     spool       the surviving documents, one JSON line each, per split: the tokenizer and the shard
                 writer stream them from disk
 
-Memory stays flat in the input size except for what deduplication must keep: the MinHash signature of
-every kept document (128 x 4 bytes) and one fingerprint per paragraph. Documents are streamed from the
-source, a bounded number of chunks is in flight, and no pass holds the text of more than one chunk.
+Memory stays flat in the input size except for what deduplication must keep: 8 bytes per kept
+paragraph for each of the two fingerprint sets (`FingerprintSet`) and ~30 bytes per document while the
+LSH bands are grouped (the 512-byte signatures wait on disk, `SignatureFile`). Documents are streamed
+from the source, a bounded number of chunks is in flight, no pass holds the text of more than one
+chunk, and the tokenizer trains on at most `TokenizerConfig.max_training_chars` of the mix.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import re
 import sys
-from collections import Counter
+import tempfile
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -39,7 +43,13 @@ from tqdm import tqdm
 
 from common.errors import UserError
 from common.files import write_json_atomic
-from corpus.dedup import DedupConfig, book_signature, paragraph_fingerprint, skeleton_words
+from corpus.dedup import (
+    DedupConfig,
+    FingerprintSet,
+    book_signature,
+    paragraph_fingerprint,
+    skeleton_words,
+)
 from corpus.doc_filters import DocFilterConfig, DocumentRejected, clean_document
 from corpus.split import SplitConfig
 
@@ -253,7 +263,7 @@ class ChunkSummary:
     input_bytes: int
     rejected: dict[str, int]  # reason -> documents
     drops: dict[str, int]  # reason -> lines dropped inside kept documents
-    signatures: np.ndarray  # (kept documents, num_perm) uint32, in document order; emptied once gathered
+    signatures: np.ndarray | None  # (kept, num_perm) uint32 in document order; None once on disk
     kept: int = 0  # documents that passed the filters (rows of `signatures`)
 
 
@@ -352,59 +362,121 @@ def chunked(docs: Iterator[tuple[str, str]], chunk_chars: int) -> Iterator[list[
         yield chunk
 
 
-def clean_source(
-    source: ExtraSource,
-    cleaner: ChunkCleaner,
-    workers: int = 1,
-    progress: bool = True,
-) -> list[ChunkSummary]:
-    """Stream a source through `cleaner` in a process pool; chunk summaries in source order.
+Chunk = list[tuple[str, str]]  # (doc id, text) pairs, about `chunk_chars` of text
+# The executor of the per-chunk stage: (cleaner, chunks) -> summaries in chunk order, streamed, with a
+# bounded number of chunks in flight. A process pool here; a Prefect task runner in pipelines/.
+ChunkMapper = Callable[["ChunkCleaner", Iterator[Chunk]], Iterator[ChunkSummary]]
 
-    At most 2 x workers chunks are in flight, so memory does not grow with the source.
-    """
-    chunks = chunked(iter_documents(source), cleaner.config.chunk_chars)
-    out: list[ChunkSummary] = []
-    bar = tqdm(desc=f"clean {source.name}", unit="doc", disable=not progress, file=sys.stderr)
 
-    def done(summary: ChunkSummary) -> None:
-        out.append(summary)
-        bar.update(summary.documents)
+def chunk_process_pool(workers: int = 1) -> ChunkMapper:
+    """Clean chunks in `workers` processes, at most 2 x workers chunks in flight (flat memory)."""
 
-    try:
+    def map_chunks(cleaner: ChunkCleaner, chunks: Iterator[Chunk]) -> Iterator[ChunkSummary]:
         if workers <= 1:
-            for chunk in chunks:
-                done(cleaner(chunk))
-            return out
+            yield from map(cleaner, chunks)
+            return
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            pending: list[Future] = []
+            pending: deque[Future] = deque()
             for chunk in chunks:
                 pending.append(pool.submit(cleaner, chunk))
                 if len(pending) >= 2 * workers:
-                    done(pending.pop(0).result())
-            for fut in pending:
-                done(fut.result())
-    finally:
-        bar.close()
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    return map_chunks
+
+
+def clean_source(
+    source: ExtraSource,
+    cleaner: ChunkCleaner,
+    signatures: SignatureFile,
+    map_chunks: ChunkMapper,
+    progress: bool = True,
+) -> list[ChunkSummary]:
+    """Stream a source through `cleaner` on `map_chunks`; chunk summaries in source order.
+
+    Each chunk's signatures go to `signatures` (on disk) as the chunk arrives.
+    """
+    out: list[ChunkSummary] = []
+    with tqdm(desc=f"clean {source.name}", unit="doc", disable=not progress, file=sys.stderr) as bar:
+        for summary in map_chunks(cleaner, chunked(iter_documents(source), cleaner.config.chunk_chars)):
+            assert summary.signatures is not None
+            signatures.append(summary.signatures)
+            summary.signatures = None
+            out.append(summary)
+            bar.update(summary.documents)
     return out
 
 
 # ---------------------------------------------------------------------------------------------
-# Near duplicates across everything: banded LSH over signatures kept in memory
+# Near duplicates across everything: banded LSH over signatures read back from disk
 
 
-def near_duplicates(signatures: np.ndarray, threshold: float, rows: int, seed: int = 1) -> np.ndarray:
+class SignatureFile:
+    """MinHash signatures (uint32 rows) appended to a file in document order and read back a window
+    at a time, so that near-duplicate detection keeps ~30 bytes per document in memory, not 512."""
+
+    def __init__(self, path: str | Path, num_perm: int, window_rows: int = 1 << 14):
+        self.path, self.num_perm, self.window_rows = Path(path), num_perm, window_rows
+        self.rows = 0
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_bytes(b"")
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def append(self, signatures: np.ndarray) -> None:
+        signatures = np.ascontiguousarray(signatures, dtype="<u4").reshape(-1, self.num_perm)
+        with open(self.path, "ab") as f:
+            f.write(signatures.tobytes())
+        self.rows += len(signatures)
+
+    def windows(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, rows) for consecutive windows of the file."""
+        row_bytes = 4 * self.num_perm
+        for start in range(0, self.rows, self.window_rows):
+            n = min(self.window_rows, self.rows - start)
+            block = np.fromfile(self.path, dtype="<u4", count=n * self.num_perm, offset=start * row_bytes)
+            yield start, block.reshape(n, self.num_perm)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The signatures of the given rows, read one by one (no mapping: RSS stays as it is)."""
+        row_bytes = 4 * self.num_perm
+        out = np.empty((len(rows), self.num_perm), dtype="<u4")
+        with open(self.path, "rb") as f:
+            for i, row in enumerate(rows):
+                out[i] = np.frombuffer(os.pread(f.fileno(), row_bytes, int(row) * row_bytes), dtype="<u4")
+        return out
+
+
+def _as_signature_file(signatures: np.ndarray, path: Path) -> SignatureFile:
+    out = SignatureFile(path, signatures.shape[1])
+    out.append(signatures)
+    return out
+
+
+def near_duplicates(
+    signatures: SignatureFile | np.ndarray, threshold: float, rows: int, seed: int = 1
+) -> np.ndarray:
     """For each row, the row it duplicates (the lowest index in its group), or -1 if it is kept.
 
     Candidates share one LSH band (rows x 32-bit values hashed together); a candidate pair counts only
     if the full signatures agree on at least `threshold` of their values. Groups are connected
     components; the earliest row of a group (a Gutenberg book, when the books come first) is kept.
+    Each band's keys (8 bytes a document) are computed from one pass over the signature file; pairs
+    already in one group are not checked again, and the others are checked a batch at a time.
     """
-    n, num_perm = signatures.shape
+    if isinstance(signatures, np.ndarray):
+        with tempfile.TemporaryDirectory() as tmp:
+            return near_duplicates(_as_signature_file(signatures, Path(tmp) / "sig"), threshold, rows, seed)
+    n, num_perm = len(signatures), signatures.num_perm
     parent = np.arange(n)
     if n < 2:
         return np.full(n, -1)
-    sig = signatures  # uint32: 512 bytes a row; only one band at a time is widened to uint64
-    empty = (sig == 2**32 - 1).all(axis=1)  # no shingles: matches nothing
+    empty = np.zeros(n, dtype=bool)  # no shingles: matches nothing
+    for start, block in signatures.windows():
+        empty[start : start + len(block)] = (block == 2**32 - 1).all(axis=1)
     mult = np.random.RandomState(seed).randint(1, 2**63 - 1, size=rows, dtype=np.int64).astype(np.uint64)
 
     def find(i: int) -> int:
@@ -413,22 +485,39 @@ def near_duplicates(signatures: np.ndarray, threshold: float, rows: int, seed: i
             i = parent[i]
         return i
 
+    def check(pairs: list[tuple[int, int]]) -> None:
+        firsts = np.array([a for a, _ in pairs])
+        others = np.array([b for _, b in pairs])
+        sims = (signatures.take(firsts) == signatures.take(others)).mean(axis=1)
+        for (a, b), sim in zip(pairs, sims, strict=True):
+            ra, rb = find(a), find(b)
+            if sim >= threshold and ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+
+    keys = np.empty(n, dtype=np.uint64)
     for band in range(num_perm // rows):
-        keys = (sig[:, band * rows : (band + 1) * rows].astype(np.uint64) * mult).sum(axis=1)
+        for start, block in signatures.windows():
+            cols = block[:, band * rows : (band + 1) * rows].astype(np.uint64)
+            keys[start : start + len(block)] = (cols * mult).sum(axis=1)
         keys[empty] = np.arange(int(empty.sum()), dtype=np.uint64) * np.uint64(2654435761) + np.uint64(7)
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         ends = np.r_[starts[1:], n]
+        pairs: list[tuple[int, int]] = []
         for g in np.flatnonzero(ends - starts > 1):
             members = order[starts[g] : ends[g]]
-            first = members[0]
-            sims = (sig[members[1:]] == sig[first]).mean(axis=1)
-            for m in members[1:][sims >= threshold]:
-                ra, rb = find(int(first)), find(int(m))
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(i) for i in range(n)])
+            first = int(members[0])
+            pairs.extend((first, int(m)) for m in members[1:] if find(first) != find(int(m)))
+            if len(pairs) >= 4096:
+                check(pairs)
+                pairs = []
+        if pairs:
+            check(pairs)
+        del order, sorted_keys, starts, ends
+    roots, jumped = parent, parent[parent]  # pointer jumping, in numpy: until each row points at its root
+    while not np.array_equal(jumped, roots):
+        roots, jumped = jumped, jumped[jumped]
     return np.where(roots == np.arange(n), -1, roots)
 
 
@@ -509,8 +598,8 @@ def spool_documents(
     dup_of: np.ndarray,
     first_row: int,
     item_names: Callable[[int], str],
-    seen: set[bytes],
-    loose: set[int],
+    seen: FingerprintSet,
+    loose: FingerprintSet,
     dedup: DedupConfig,
     config: SourcesConfig,
     split_config: SplitConfig,
@@ -556,7 +645,7 @@ def spool_documents(
                         continue
                     paragraphs = doc["paragraphs"]
                     keep, reasons = [], Counter()
-                    new_fps: set[bytes] = set()
+                    new_fps: set[int] = set()
                     new_loose: set[int] = set()
                     for i, text in enumerate(paragraphs):
                         if len(text) < dedup.min_paragraph_chars:
@@ -575,8 +664,8 @@ def spool_documents(
                     if kept_chars < config.min_kept_fraction * sum(map(len, paragraphs)):
                         st.dropped["mostly_duplicate"] += 1
                         continue
-                    seen |= new_fps
-                    loose |= new_loose
+                    seen.update(new_fps)
+                    loose.update(new_loose)
                     st.paragraphs_dropped.update(reasons)
                     st.kept += 1
                     split = assign_document_split(source.name, doc["id"], split_config)

@@ -44,7 +44,10 @@ class TokenizerConfig:
     max_sentence_length: int = 16384  # bytes; longer training paragraphs are cut to fit
     split_digits: bool = True  # numbers as digit sequences: no vocab spent on years and page numbers
     num_threads: int = 4  # part of the model's identity (see module docstring), not the machine's
-    max_training_chars: int = 0  # 0 = all train text; else take every k-th paragraph (deterministic)
+    # SentencePiece holds its whole input in memory (~2.5 bytes per character): above this many
+    # characters of train text, every k-th paragraph (deterministic). 0 = no limit. 100M is more than
+    # all of Portuguese Gutenberg's train split, so a books-only build sees every paragraph.
+    max_training_chars: int = 100_000_000
 
     def __post_init__(self) -> None:
         if self.model_type not in ("bpe", "unigram"):

@@ -8,6 +8,7 @@ import pytest
 
 from corpus.dedup import (
     DedupConfig,
+    FingerprintSet,
     book_signature,
     dedup_paragraphs,
     find_near_duplicate_books,
@@ -155,3 +156,23 @@ def test_real_editions_found_and_opusculos_volumes_kept(shared_books) -> None:
         frozenset({"3333", "27236"}),
         frozenset({"55752", "55752.alt-2017"}),
     }
+
+
+def test_fingerprint_set_is_a_set_across_merges() -> None:
+    """Membership, length and repeats agree with a Python set, over many merges of the buffer and
+    values above 2**63 (the top bit set, where a signed conversion would go wrong)."""
+    rng = random.Random(0)
+    values = [rng.getrandbits(64) for _ in range(3000)] + [2**64 - 1, 2**63, 0, 1]
+    fps, ref = FingerprintSet(buffer_size=64), set()
+    for i, v in enumerate(values):
+        assert (v in fps) == (v in ref)
+        fps.add(v)
+        ref.add(v)
+        if i % 7 == 0:  # repeats are not stored twice
+            fps.add(values[i // 2])
+            ref.add(values[i // 2])
+    assert len(fps) == len(ref)
+    assert all(v in fps for v in ref)
+    absent = [rng.getrandbits(64) for _ in range(2000)]
+    assert [v in fps for v in absent] == [v in ref for v in absent]
+    assert dedup_paragraphs(["x" * 80, "y" * 80, "x" * 80], FingerprintSet(), DedupConfig()) == [0, 1]

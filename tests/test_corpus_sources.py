@@ -21,6 +21,7 @@ from corpus.doc_filters import DocumentRejected, clean_document
 from corpus.shards import ShardConfig
 from corpus.sources import (
     ExtraSource,
+    SignatureFile,
     assign_document_split,
     iter_documents,
     near_duplicates,
@@ -328,6 +329,50 @@ def test_near_duplicates_keeps_the_earliest() -> None:
     assert near_duplicates(sigs, threshold=0.7, rows=5).tolist() == [-1, -1, 0, 1]
 
 
+def test_near_duplicates_from_disk_match_every_pair_compared(tmp_path) -> None:
+    """Signatures read back from a file, a few rows per window, give the groups that comparing every
+    pair gives (connected components of pairs at or above the threshold, the earliest row kept)."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    originals = rng.integers(0, 2**32, size=(40, 128), dtype=np.uint64)
+    rows_ = []
+    for i in range(120):  # every third row a noisy copy of an earlier original (~95% or ~60% equal)
+        if i % 3 or i < 3:
+            rows_.append(originals[i // 3])
+        else:
+            copy = originals[int(rng.integers(0, i // 3))].copy()
+            changed = rng.random(128) < (0.05 if i % 2 else 0.4)
+            copy[changed] = rng.integers(0, 2**32, size=int(changed.sum()), dtype=np.uint64)
+            rows_.append(copy)
+    sigs = np.stack(rows_)
+    sigs[5] = 2**32 - 1  # two empty documents (no shingles) match nothing, not even each other
+    sigs[6] = 2**32 - 1
+    store = SignatureFile(tmp_path / "sig", 128, window_rows=7)
+    for start in range(0, len(sigs), 11):
+        store.append(sigs[start : start + 11])
+    assert len(store) == len(sigs)
+    assert (store.take(np.array([9, 2, 9])) == sigs[[9, 2, 9]]).all()
+
+    n, parent = len(sigs), list(range(len(sigs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    empty = (sigs == 2**32 - 1).all(axis=1)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if not empty[i] and not empty[j] and (sigs[i] == sigs[j]).mean() >= 0.7:
+                ri, rj = find(i), find(j)
+                parent[max(ri, rj)] = min(ri, rj)
+    expected = [-1 if find(i) == i else find(i) for i in range(n)]
+    got = near_duplicates(store, threshold=0.7, rows=5).tolist()
+    assert sum(d >= 0 for d in expected) > 30  # the test has duplicates to find
+    assert got == expected
+
+
 @pytest.mark.parametrize(
     "reason, text",
     [
@@ -387,3 +432,32 @@ def test_rebuild_reads_documents_from_the_cache_and_is_byte_identical(mix, monke
     for key in ("splits", "tokenizer", "sources"):
         assert again[key] == m[key]
     assert not (out / ".spool").exists()
+
+
+def test_the_tokenizer_learns_from_the_weighted_mix(tmp_path) -> None:
+    """A source's weight reaches the tokenizer: weighted up, its text costs fewer tokens per
+    character than weighted down, while the books cost more (the vocabulary went to the source)."""
+    from corpus.tokenizer import load_tokenizer
+    from fakegutenberg.books import sample_books, write_sample_books
+
+    write_sample_books(tmp_path / "raw", sample_books(extra=3, extra_kb=4))
+    web = tmp_path / "news.jsonl"
+    with open(web, "w", encoding="utf-8") as f:
+        for i in range(60):
+            f.write(json.dumps({"id": f"n{i}", "text": good(200 + i)}, ensure_ascii=False) + "\n")
+    news_text = [good(900 + i) for i in range(5)]  # held out: not in either corpus
+    cost = {}
+    for weight in (0.25, 4):
+        out = tmp_path / f"out-{weight:g}"
+        m = build_corpus(
+            tmp_path / "raw", out, CONFIG, workers=1, progress=False, extras=parse_extras([f"{web}:{weight}"])
+        )
+        assert m["sources"]["news"]["weight"] == weight
+        sp = load_tokenizer(out / fmt.TOKENIZER_FILE)
+        books_text = [r["text"] for r in rows(out, "train") if r["source"] == "gutenberg"][:200]
+        cost[weight] = {
+            name: sum(len(sp.encode(t)) for t in texts) / sum(map(len, texts))
+            for name, texts in (("news", news_text), ("books", books_text))
+        }
+    assert cost[4]["news"] < 0.95 * cost[0.25]["news"]
+    assert cost[4]["books"] > cost[0.25]["books"]
