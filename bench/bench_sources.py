@@ -1,15 +1,18 @@
 """`--extra` throughput and memory: a generated source at several sizes, and where a document's time goes.
 
     .venv/bin/python bench/bench_sources.py [--sizes 0.1,1] [--workers 2] [--books 12] [--profile-mb 4]
-        [--profile-books 40]
+        [--profile-books 40] [--runner pool,dask]
 
 For each size (a multiple of the shared books' 92 MB) a Portuguese-like JSONL source is generated
 (bench/gen_source.py, kept in the work folder between runs) and a cold corpus build runs in a fresh
 process, books from `--books` shared Gutenberg files plus that source: wall time, the build's stage
 times, MB/s of the source through the extra stages (clean_extra + near_duplicates + dedup_extra +
-shards), and the peak RSS of the main process and of the largest worker. RSS should stay flat as
-the size grows, apart from what deduplication keeps per document (a 512-byte signature and ~100
-bytes per paragraph fingerprint).
+shards), the peak RSS of the main process (overall and per stage) and of the largest worker. RSS
+should stay flat as the size grows, apart from what deduplication keeps: 16 bytes per kept paragraph
+(two `FingerprintSet`s) and ~30 bytes per document while LSH bands are grouped; the tokenizer trains
+on at most `max_training_chars`. `--runner dask` (or `processes`) builds through the build-corpus
+Prefect flow on that task runner instead of `ptgpt corpus build`'s process pool (with a temporary
+Prefect server unless PREFECT_API_URL is set; its "download" stage copies the books).
 
 Then one process profiles the per-document work on `--profile-mb` MB of the source: parsing, the
 filters, MinHash, writing the cache, and pickling a chunk (the cost of moving it to a worker).
@@ -26,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -44,22 +48,70 @@ def _cpu(who: int) -> float:
     return r.ru_utime + r.ru_stime
 
 
-def one_build(raw: Path, source: Path, out: Path, workers: int) -> None:
-    """In a fresh process: build, then print the figures as one JSON line."""
-    from corpus.build import CorpusConfig, build_corpus
+class RssSampler:
+    """The main process's RSS every 50 ms, so the peak can be told apart by build stage."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with open("/proc/self/status") as f:
+                rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS"))
+            self.samples.append((time.perf_counter(), rss / 1024))
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def peaks(self, start: float, stages: dict[str, float]) -> dict[str, float]:
+        """Peak MB per stage, the stages laid end to end from `start` in the manifest's order."""
+        out, t = {}, start
+        for stage, seconds in stages.items():
+            inside = [mb for when, mb in self.samples if t <= when < t + seconds]
+            out[stage] = round(max(inside, default=0.0))
+            t += seconds
+        return out
+
+
+def one_build(raw: Path, source: Path, out: Path, workers: int, runner: str) -> None:
+    """In a fresh process: build (a process pool, or the build-corpus flow on `runner`), then print
+    the figures as one JSON line."""
+    from corpus.build import CorpusConfig, build_corpus, load_manifest
     from corpus.sources import parse_extras
     from corpus.tokenizer import TokenizerConfig
 
-    config = CorpusConfig(tokenizer=TokenizerConfig(vocab_size=8000))
-    t0 = time.perf_counter()
-    m = build_corpus(raw, out, config, workers=workers, progress=False, extras=parse_extras([str(source)]))
-    wall = time.perf_counter() - t0
+    with RssSampler() as rss:
+        t0 = time.perf_counter()
+        if runner == "pool":
+            config = CorpusConfig(tokenizer=TokenizerConfig(vocab_size=8000))
+            extras = parse_extras([str(source)])
+            m = build_corpus(raw, out, config, workers=workers, progress=False, extras=extras)
+        else:  # the flow downloads from the raw folder into its own raw store first ("download")
+            from pipelines.flows import build_corpus_flow
+
+            build_corpus_flow(
+                str(raw), str(out), raw=str(out.parent / "flow-raw"), vocab_size=8000, workers=workers,
+                rate=0.0, task_runner=runner, extra=[str(source)],
+            )  # fmt: skip
+            m = load_manifest(out)
+        wall = time.perf_counter() - t0
+    stages = m["build"]["stage_seconds"]
+    build_start = t0 + wall - m["build"]["seconds"]  # after the flow's start-up
     src = next(s for name, s in m["sources"].items() if name != "gutenberg")
     print(
         json.dumps(
             {
                 "wall_s": round(wall, 2),
-                "stages": m["build"]["stage_seconds"],
+                "stages": stages,
+                "rss_by_stage": rss.peaks(build_start, stages),
                 "source_mb": src["input_bytes"] / 1e6,
                 "documents": src["documents"],
                 "kept": src["kept"],
@@ -171,6 +223,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="0.1,1", help="multiples of 92 MB, comma-separated")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--runner",
+        default="pool",
+        help="comma-separated: pool (ptgpt corpus build's process pool) or a build-corpus flow "
+        "task runner (dask, processes); each size is built once per runner",
+    )
     ap.add_argument("--books", type=int, default=12, help="shared Gutenberg books in the raw store")
     ap.add_argument("--profile-mb", type=float, default=4.0)
     ap.add_argument("--profile-books", type=int, default=0, help="also profile a cold build's per-book work")
@@ -178,7 +236,7 @@ def main() -> None:
     ap.add_argument("--one", nargs=3, type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        one_build(*args.one, args.workers)
+        one_build(*args.one, args.workers, args.runner)
         return
     work = args.work
     raw = work / "raw"
@@ -192,41 +250,35 @@ def main() -> None:
         "\nMB/CPU-s: source MB / CPU seconds of the whole build (main + workers), robust to a shared CPU"
     )
     print(
-        f"{'size':>6} {'MB':>7} {'docs':>9} {'wall s':>7} {'extra s':>8} {'MB/s':>6} {'CPU s':>7} {'MB/CPU-s':>9} "
-        f"{'RSS main':>9} {'RSS wkr':>8}"
+        f"{'runner':>9} {'size':>6} {'MB':>7} {'docs':>9} {'wall s':>7} {'extra s':>8} {'MB/s':>6} {'CPU s':>7} "
+        f"{'MB/CPU-s':>9} {'RSS main':>9} {'RSS wkr':>8}"
     )
     source = None
-    for multiple in [float(x) for x in args.sizes.split(",")]:
-        source = work / f"source-{multiple:g}x.jsonl"
-        if not source.exists():
-            write_source(source, BOOKS_MB * multiple, seed=0)
-        out = work / "out"
-        shutil.rmtree(out, ignore_errors=True)
-        proc = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--workers",
-                str(args.workers),
-                "--one",
-                str(raw),
-                str(source),
-                str(out),
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        st = r["stages"]
-        extra_s = sum(st.get(k, 0) for k in ("clean_extra", "near_duplicates", "dedup_extra")) + st["shards"]
-        print(
-            f"{multiple:>5g}x {r['source_mb']:7.1f} {r['documents']:9,} {r['wall_s']:7.1f} {extra_s:8.1f} "
-            f"{r['source_mb'] / extra_s:6.2f} {r['cpu_s']:7.1f} {r['source_mb'] / r['cpu_s']:9.2f} "
-            f"{r['rss_main_mb']:9.0f} {r['rss_worker_mb']:8.0f}"
-        )
-        print(f"       stages: {st}")
-        print(f"       dropped: {r['dropped']}")
+    for runner in args.runner.split(","):
+        for multiple in [float(x) for x in args.sizes.split(",")]:
+            source = work / f"source-{multiple:g}x.jsonl"
+            if not source.exists():
+                write_source(source, BOOKS_MB * multiple, seed=0)
+            out = work / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(work / "flow-raw", ignore_errors=True)
+            cmd = [sys.executable, __file__, "--workers", str(args.workers), "--runner", runner]
+            proc = subprocess.run(
+                [*cmd, "--one", str(raw), str(source), str(out)], capture_output=True, text=True
+            )
+            if proc.returncode != 0:
+                sys.exit(f"the {runner} build failed:\n{proc.stderr[-3000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            st = r["stages"]
+            extra_s = sum(st.get(k, 0) for k in ("clean_extra", "near_duplicates", "dedup_extra", "shards"))
+            print(
+                f"{runner:>9} {multiple:>5g}x {r['source_mb']:7.1f} {r['documents']:9,} {r['wall_s']:7.1f} "
+                f"{extra_s:8.1f} {r['source_mb'] / extra_s:6.2f} {r['cpu_s']:7.1f} "
+                f"{r['source_mb'] / r['cpu_s']:9.2f} {r['rss_main_mb']:9.0f} {r['rss_worker_mb']:8.0f}"
+            )
+            print(f"       stages (s): {st}")
+            print(f"       main RSS by stage (MB): {r['rss_by_stage']}")
+            print(f"       dropped: {r['dropped']}")
     if source is not None and args.profile_mb > 0:
         profile(source, args.profile_mb)
     if args.profile_books:

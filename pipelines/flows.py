@@ -20,7 +20,10 @@ or on a LocalCluster of `workers` processes on 127.0.0.1). It is a subflow, `cle
 with `.with_options(task_runner=...)`, so a deployment parameter can choose it. A book costs about
 80 ms of CPU to clean and a Prefect task run adds tens of milliseconds (more on process and Dask
 workers, which ship each task and its context), so the remote runners pay off with real cores to
-spread over, not on a laptop; see bench/bench_pipeline.py.
+spread over, not on a laptop; see bench/bench_pipeline.py. The chunks of `extra` sources (about
+1 MB of documents each) go to the same runner as clean-chunk tasks, streamed with a bounded number
+in flight, except on "threads", where a process pool cleans them (pure Python on threads would
+share one core).
 
 One build. The flow is wiring: `scraping.scrape.iter_scrape` with a mapper that runs one
 download-book task per book, then `corpus.build.build_corpus` with a mapper that runs one
@@ -42,6 +45,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,7 +59,15 @@ from prefect.utilities.annotations import unmapped
 from common.errors import UserError
 from corpus import build as cb
 from corpus.build import BookCleaner, BookSummary, CorpusConfig, RawBook
-from corpus.sources import check_sources, parse_extras
+from corpus.sources import (
+    Chunk,
+    ChunkCleaner,
+    ChunkMapper,
+    ChunkSummary,
+    check_sources,
+    chunk_process_pool,
+    parse_extras,
+)
 from corpus.tokenizer import TokenizerConfig
 from pipelines import artifacts, tasks
 from scraping.http import FetchConfig, FetchError
@@ -171,6 +184,30 @@ def clean_tasks(runner: TaskRunner) -> cb.BookMapper:
     return map_books
 
 
+def chunk_tasks(runner: TaskRunner, in_flight: int) -> ChunkMapper:
+    """corpus's per-chunk executor for extra sources: one clean-chunk task per chunk on `runner`, at
+    most `in_flight` chunks submitted and not yet collected (the source is streamed, not loaded)."""
+
+    def map_chunks(clean: ChunkCleaner, chunks: Iterator[Chunk]) -> Iterator[ChunkSummary]:
+        with runner.duplicate() as started:
+            pending: deque = deque()
+            for chunk in chunks:
+                pending.append(started.submit(tasks.clean_chunk, {"chunk": chunk, "clean": clean}))
+                if len(pending) >= in_flight:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+
+    return map_chunks
+
+
+def extra_chunk_mapper(kind: str, runner: TaskRunner, workers: int | None) -> ChunkMapper:
+    """Extra sources' chunks go to the flow's task runner, except with "threads": cleaning is pure
+    Python, so threads would share one core; a process pool of `workers` cleans them instead."""
+    n = workers or os.cpu_count() or 1
+    return chunk_process_pool(n) if kind == "threads" else chunk_tasks(runner, 2 * n)
+
+
 @flow(name="build-corpus", log_prints=True)
 def build_corpus_flow(
     source: str,
@@ -197,7 +234,8 @@ def build_corpus_flow(
     (0: no limit, own mirrors). task_runner: "threads", "processes" or "dask" for the per-book
     cleaning; dask_address: an existing scheduler (default: a LocalCluster of `workers` processes).
     extra: more text sources, `SOURCE[:weight]` as `ptgpt corpus build --extra` (their documents are
-    cleaned in a process pool of `workers`, not as Prefect tasks); text_field: their text field.
+    cleaned a chunk per task on the processes or dask runner, in a process pool with threads);
+    text_field: their text field.
     Returns a summary: books, and rows/tokens/books per split.
     """
     logger = get_run_logger()
@@ -232,6 +270,7 @@ def build_corpus_flow(
         build_info=build_info,
         source=source,
         extras=extras,
+        map_chunks=extra_chunk_mapper(task_runner, runner, workers),
     )
 
     words = artifacts.split_words(out_dir, manifest)

@@ -25,6 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
 from corpus.build import BookCleaner, BookSummary, RawBook
+from corpus.sources import ChunkCleaner, ChunkSummary
 from scraping.catalog import BookRecord
 from scraping.http import FetchError, PoliteClient
 from scraping.scrape import ScrapeConfig, ScrapeSummary, discover
@@ -86,6 +87,13 @@ def clean_book(raw: RawBook, clean: BookCleaner) -> BookSummary:
     summary = clean(raw)
     # A book read from the JSON cache shows as Prefect shows its own cache hits: Completed, named Cached.
     return Completed(name="Cached", data=summary) if summary.cached else summary
+
+
+@task(name="clean-chunk", cache_policy=NO_CACHE, retries=0, task_run_name="clean-{chunk[0][0]}")
+def clean_chunk(chunk: list[tuple[str, str]], clean: ChunkCleaner) -> ChunkSummary:
+    """Filter, clean and sign one chunk of an extra source's documents (corpus.sources.ChunkCleaner);
+    the run is named after the chunk's first document id."""
+    return clean(chunk)
 
 
 # -- training ----------------------------------------------------------------------------------------

@@ -269,6 +269,46 @@ def test_other_runners_match_threads(reference, tmp_path, runner) -> None:
 
 
 @pytest.mark.slow
+def test_extra_sources_are_cleaned_as_tasks_on_dask(reference, tmp_path) -> None:
+    """An --extra source's chunks become clean-chunk task runs on a Dask cluster (the "processes"
+    runner takes the same path), and the corpus is byte for byte `ptgpt corpus build --extra`'s (a
+    process pool) from the same raw store."""
+    pytest.importorskip("prefect_dask")
+    sys.path.insert(0, str(REPO / "bench"))
+    from gen_source import documents
+
+    from corpus.sources import SourcesConfig, chunked, iter_documents, parse_extras
+    from pipelines.flows import build_corpus_flow
+
+    p, _, _ = reference
+    web = tmp_path / "web.jsonl"
+    with open(web, "w", encoding="utf-8") as f:
+        for doc in itertools.islice(documents(seed=3), 1500):  # ~1.6 MB: two chunks
+            f.write(json.dumps(doc, ensure_ascii=False) + "\n")
+    docs = iter_documents(parse_extras([str(web)])[0])
+    chunks = len(list(chunked(docs, SourcesConfig().chunk_chars)))
+    assert chunks >= 2
+    q = params(p["source"], p["ids"][:-1], tmp_path, raw=p["raw"], task_runner="dask", workers=2)
+    state = build_corpus_flow(**q, extra=[f"{web}:2"], return_state=True)
+    assert state.is_completed(), state.message
+    tasks = [t for t in flow_run_tasks(state.state_details.flow_run_id) if t.name.startswith("clean-")]
+    chunk_tasks = [t for t in tasks if t.task_key and "clean_chunk" in t.task_key]
+    assert len(chunk_tasks) == chunks and all(t.state.name == "Completed" for t in chunk_tasks)
+
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "ptgpt", "corpus", "build", "--raw", p["raw"], "--out", str(out)]
+    cmd += ["--vocab-size", str(VOCAB), "--workers", "2", "--quiet", "--extra", f"{web}:2"]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    flow_manifest, cli_manifest = load_manifest(q["out"]), load_manifest(out)
+    assert comparable(cli_manifest) == comparable(flow_manifest)
+    assert flow_manifest["sources"]["web"]["kept"] > 1000  # most of the 1,500 (10% are junk)
+    for split in flow_manifest["splits"].values():
+        for shard in split["shards"]:
+            assert (out / shard["file"]).read_bytes() == (Path(q["out"]) / shard["file"]).read_bytes()
+
+
+@pytest.mark.slow
 def test_crash_then_rerun_gives_same_manifest(reference, prefect_api, tmp_path) -> None:
     """SIGKILL the flow process while it cleans, rerun: the same manifest as an uninterrupted build."""
     from pipelines.flows import build_corpus_flow
