@@ -225,9 +225,9 @@ class FingerprintSet:
     """A set of 64-bit fingerprints at 8 bytes each, where a Python set of ints takes ~60.
 
     Deduplicating web-sized sources keeps one fingerprint per kept paragraph (two with loose
-    duplicates), so this is what the main process's memory grows with: a sorted numpy array,
-    searched with binary search, plus a small Python set of recent additions that is merged into the
-    array (in linear time) whenever it fills up.
+    duplicates), so this is what the main process's memory grows with: a sorted numpy array plus a
+    small Python set of recent additions, merged into the array (in linear time) when it fills up.
+    Look fingerprints up a document at a time (`contains_many`: one binary search for all of them).
     """
 
     def __init__(self, fingerprints: Iterable[int] = (), buffer_size: int = 1 << 16):
@@ -237,46 +237,60 @@ class FingerprintSet:
         self.update(fingerprints)
 
     def __len__(self) -> int:
-        return len(self._sorted) + len(self._recent)
+        self._merge()
+        return len(self._sorted)
 
     def __contains__(self, fp: int) -> bool:
-        if fp in self._recent:
-            return True
-        i = int(np.searchsorted(self._sorted, np.uint64(fp)))
-        return i < len(self._sorted) and int(self._sorted[i]) == fp
+        return bool(self.contains_many([fp])[0])
+
+    def contains_many(self, fps: Sequence[int]) -> np.ndarray:
+        """For each fingerprint, whether the set holds it."""
+        found = self._in_sorted(np.fromiter(fps, dtype=np.uint64, count=len(fps)))
+        if self._recent:
+            found |= np.fromiter((fp in self._recent for fp in fps), dtype=bool, count=len(fps))
+        return found
 
     def add(self, fp: int) -> None:
-        if fp not in self:
-            self._recent.add(fp)
-            if len(self._recent) >= self._buffer_size:
-                self._merge()
+        self._recent.add(fp)
+        if len(self._recent) >= self._buffer_size:
+            self._merge()
 
     def update(self, fps: Iterable[int]) -> None:
         for fp in fps:
             self.add(fp)
 
     def _merge(self) -> None:
-        new = np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent))
-        new.sort()
-        self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, new), new)
+        if not self._recent:
+            return
+        new = np.unique(np.fromiter(self._recent, dtype=np.uint64, count=len(self._recent)))
         self._recent.clear()
+        new = new[~self._in_sorted(new)]
+        self._sorted = np.insert(self._sorted, np.searchsorted(self._sorted, new), new)
+
+    def _in_sorted(self, keys: np.ndarray) -> np.ndarray:
+        if not len(self._sorted):
+            return np.zeros(len(keys), dtype=bool)
+        at = np.minimum(np.searchsorted(self._sorted, keys), len(self._sorted) - 1)
+        return self._sorted[at] == keys
 
 
 def dedup_paragraphs(
-    paragraphs: Sequence[str], seen: FingerprintSet | set[int], config: DedupConfig = DedupConfig()
+    paragraphs: Sequence[str], seen: FingerprintSet, config: DedupConfig = DedupConfig()
 ) -> list[int]:
     """Indices of the paragraphs to keep; `seen` carries fingerprints across calls (and books).
 
     Call it on books in a fixed order: the first occurrence of a paragraph wins.
     """
-    keep = []
-    for i, text in enumerate(paragraphs):
-        if len(text) < config.min_paragraph_chars:
-            keep.append(i)
-            continue
-        fp = paragraph_fingerprint(text)
-        if fp in seen:
-            continue
-        seen.add(fp)
+    long = [i for i, text in enumerate(paragraphs) if len(text) >= config.min_paragraph_chars]
+    fps = [paragraph_fingerprint(paragraphs[i]) for i in long]
+    known = dict(zip(long, zip(fps, seen.contains_many(fps), strict=True), strict=True))
+    keep, new = [], set()
+    for i in range(len(paragraphs)):
+        if i in known:
+            fp, was_seen = known[i]
+            if was_seen or fp in new:
+                continue
+            new.add(fp)
         keep.append(i)
+    seen.update(new)
     return keep

@@ -644,17 +644,22 @@ def spool_documents(
                             )
                         continue
                     paragraphs = doc["paragraphs"]
+                    long = [i for i, p in enumerate(paragraphs) if len(p) >= dedup.min_paragraph_chars]
+                    fps = [paragraph_fingerprint(paragraphs[i]) for i in long]
+                    lfps = [loose_fingerprint(paragraphs[i]) for i in long]
+                    found = zip(fps, lfps, seen.contains_many(fps), loose.contains_many(lfps), strict=True)
+                    known = dict(zip(long, found, strict=True))
                     keep, reasons = [], Counter()
                     new_fps: set[int] = set()
                     new_loose: set[int] = set()
-                    for i, text in enumerate(paragraphs):
-                        if len(text) < dedup.min_paragraph_chars:
+                    for i in range(len(paragraphs)):
+                        if i not in known:  # short: never a duplicate
                             keep.append(i)
                             continue
-                        fp, lfp = paragraph_fingerprint(text), loose_fingerprint(text)
-                        if fp in seen or fp in new_fps:
+                        fp, lfp, fp_seen, lfp_seen = known[i]
+                        if fp_seen or fp in new_fps:
                             reasons["duplicate_paragraph"] += 1
-                        elif lfp in loose or lfp in new_loose:
+                        elif lfp_seen or lfp in new_loose:
                             reasons["near_duplicate_paragraph"] += 1
                         else:
                             keep.append(i)

@@ -125,17 +125,17 @@ def test_dedup_paragraphs_first_occurrence_wins_across_books() -> None:
     config = DedupConfig(min_paragraph_chars=20)
     long_a = "Este prefácio aparece em todos os volumes da coleção."
     long_b = "Nota do transcritor: a ortografia original foi mantida."
-    seen: set[bytes] = set()
+    seen = FingerprintSet()
     book1 = ["I", long_a, "Texto próprio do primeiro volume, único.", long_a, "FIM"]
     book2 = ["I", long_a, long_b, "Texto do segundo volume, também único.", "FIM", long_b]
     assert dedup_paragraphs(book1, seen, config) == [0, 1, 2, 4]  # repeat inside the book dropped
     assert dedup_paragraphs(book2, seen, config) == [0, 2, 3, 4]  # short "I"/"FIM" kept everywhere
     # A fresh `seen` starts over.
-    assert dedup_paragraphs(book2, set(), config) == [0, 1, 2, 3, 4]
+    assert dedup_paragraphs(book2, FingerprintSet(), config) == [0, 1, 2, 3, 4]
 
 
 def test_dedup_paragraphs_is_exact() -> None:
-    seen: set[bytes] = set()
+    seen = FingerprintSet()
     p = "Uma frase comprida o bastante para ser considerada na deduplicação exata."
     assert dedup_paragraphs([p, p + " ", p.upper()], seen, DedupConfig(min_paragraph_chars=10)) == [0, 1, 2]
 
