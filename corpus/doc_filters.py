@@ -131,17 +131,24 @@ def _ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
 def _ngram_checks(words: list[str], config: DocFilterConfig) -> str | None:
     """Gopher's n-gram repetition rules on the word list; the first failing rule's reason.
 
-    Vectorised: words become 64-bit hashes, n-grams a rolling combination of them, and counts come
-    from np.unique (a hash collision could only merge two n-grams of one document)."""
-    ids = np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)
+    Vectorised: words become ids (in order of first use, so the result never depends on Python's
+    per-process string hash), n-grams a rolling 64-bit combination of them, and counts come from
+    np.unique (a collision could only merge two n-grams of one document). The top n-gram is the most
+    frequent one; of several as frequent, the one covering the most characters."""
+    first_use: dict[str, int] = {}
+    ids = np.fromiter(
+        (first_use.setdefault(w, len(first_use)) for w in words), dtype=np.uint64, count=len(words)
+    )
     lengths = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
     total = int(lengths.sum()) or 1
+    ends = np.concatenate(([0], np.cumsum(lengths)))  # chars of words[i:i+n] = ends[i+n] - ends[i]
     for n, limit in config.top_ngram_fractions:
         if len(words) < n:
             continue
         _, first, counts = np.unique(_ngram_hashes(ids, n), return_index=True, return_counts=True)
-        top = int(np.argmax(counts))
-        if counts[top] > 1 and counts[top] * lengths[first[top] : first[top] + n].sum() / total > limit:
+        top = np.flatnonzero(counts == counts.max())
+        chars = int((ends[first[top] + n] - ends[first[top]]).max())
+        if counts[top[0]] > 1 and counts[top[0]] * chars / total > limit:
             return f"top_ngram_{n}"
     for n, limit in config.duplicate_ngram_fractions:
         if len(words) < n:

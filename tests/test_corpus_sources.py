@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import sys
 from collections import Counter
@@ -461,3 +462,28 @@ def test_the_tokenizer_learns_from_the_weighted_mix(tmp_path) -> None:
         }
     assert cost[4]["news"] < 0.95 * cost[0.25]["news"]
     assert cost[4]["books"] > cost[0.25]["books"]
+
+
+def test_repetition_rules_do_not_depend_on_the_process(tmp_path) -> None:
+    """Two n-grams equally frequent: the rule judges by the one covering more characters, in every
+    process (Python's string hash differs per process and must not decide which one counts)."""
+    import subprocess
+
+    script = """
+import sys
+from corpus.doc_filters import DocFilterConfig, _ngram_checks
+filler = [f"p{i}" for i in range(200)]
+words = []
+for i in range(8):  # two 2-grams, 8 times each, between unique words
+    words += filler[25 * i : 25 * i + 25] + ["extraordinariamente", "complicado", f"x{i}", "de", "a"]
+config = DocFilterConfig(top_ngram_fractions=((2, 0.1),), duplicate_ngram_fractions=())
+print(_ngram_checks(words, config))
+"""
+    repo = Path(__file__).resolve().parents[1]
+    results = set()
+    for seed in ("0", "1", "2", "3", "4", "5"):
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(repo)}
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        results.add(done.stdout.strip())
+    assert results == {"top_ngram_2"}  # "extraordinariamente complicado": 8 x 29 chars of ~1.1k
