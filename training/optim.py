@@ -131,10 +131,10 @@ def build_optimizer(
     """The trainer's optimizer. Weight decay applies to matrices, never to the embedding or norms.
 
     fused: AdamW's fused kernel. None (the default) uses it wherever torch has one for the parameters'
-    device (CPU and CUDA), else torch's foreach default: on a CPU it makes the AdamW update ~3.5x
-    faster than foreach (~2% of a step at 14M parameters, bench/README.md). A checkpoint restores the
-    kernel it was written with (torch loads `fused` with the param groups), so resuming a run made
-    before fused was the default continues it bit-exactly.
+    device (CPU and CUDA), else torch's default. On a CPU it makes the AdamW update ~3.5x faster than
+    torch's default there, a per-tensor loop (~2% of a step at 14M parameters: README.md). A
+    checkpoint restores the kernel it was written with (torch loads `fused` with the param groups),
+    so resuming a run made before fused was the default continues it bit-exactly.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
