@@ -6,7 +6,9 @@
 (a) The baseline is the classic nanoGPT recipe, written here: learned position embeddings, LayerNorm,
 4x GELU MLP, fused QKV projection, tied embeddings, AdamW (0.9, 0.95), weight decay on every matrix.
 (b) The recipe is training/model.py (RMSNorm, RoPE, SwiGLU) with the options below, its SwiGLU width
-chosen so that both models have the same parameter count (to within 0.5%).
+chosen so that both models have the same parameter count (to within 1%). With --moe total the
+recipe is a Mixture of Experts with that same total count (the dense width shared out among the
+experts), so fewer parameters are active per token: equal total, not equal active, parameters.
 
 Both train on the same windows in the same order (two loaders with one seed), with the same CPU
 threads, schedule shape (linear warmup, cosine to 10%, as a function of elapsed training time) and
@@ -141,9 +143,19 @@ def recipe_config(args: argparse.Namespace, vocab: int, target_params: int) -> M
     per_hidden = 3 * args.embd * args.layers  # SwiGLU parameters per unit of hidden width
     without = _count(ModelConfig(**base, mlp_hidden=32)) - 32 * per_hidden
     hidden = max(32, round((target_params - without) / per_hidden / 32) * 32)
-    if args.moe:  # same active parameters: 8 experts of half the width, top-2 (the *-moe presets' rule)
-        return ModelConfig(**base, mlp_hidden=hidden, n_experts=8, top_k=2, expert_hidden=hidden // 2)
+    if args.moe == "active":  # same active parameters: experts 1/top_k as wide (the *-moe presets' rule)
+        moe = dict(n_experts=args.experts, top_k=args.top_k, expert_hidden=hidden // args.top_k)
+        return ModelConfig(**base, mlp_hidden=hidden, **moe)
+    if args.moe == "total":  # same total parameters: the dense width shared out among the experts
+        router = args.embd * args.experts * args.layers
+        width = (target_params - without - router) / (per_hidden * args.experts)
+        moe = dict(n_experts=args.experts, top_k=args.top_k, expert_hidden=max(8, round(width / 8) * 8))
+        return ModelConfig(**base, mlp_hidden=hidden, **moe)
     return ModelConfig(**base, mlp_hidden=hidden)
+
+
+def fused_adamw(optimizer) -> bool:
+    return any(group.get("fused") for group in optimizer.param_groups)
 
 
 def _count(config: ModelConfig) -> int:
@@ -275,9 +287,20 @@ def main() -> None:
         "--compile", action=argparse.BooleanOptionalAction, default=False, help="compile the recipe"
     )
     p.add_argument(
-        "--fused", action=argparse.BooleanOptionalAction, default=False, help="recipe: fused AdamW"
+        "--fused",
+        action=argparse.BooleanOptionalAction,
+        help="recipe: fused AdamW (default: the trainer's, fused wherever torch has the kernel)",
     )
-    p.add_argument("--moe", action="store_true", help="recipe: 8 experts top-2 at the same active parameters")
+    p.add_argument(
+        "--moe",
+        nargs="?",
+        const="active",
+        choices=["active", "total"],
+        help="recipe: MoE at the baseline's active parameters (experts 1/top-k as wide as the dense "
+        "SwiGLU; --moe alone) or its total parameters (the dense width shared out among the experts)",
+    )
+    p.add_argument("--experts", type=int, default=8, help="with --moe: number of experts")
+    p.add_argument("--top-k", type=int, default=2, help="with --moe: experts per token")
     p.add_argument(
         "--baseline",
         default="gpt2",
@@ -329,16 +352,25 @@ def main() -> None:
         ),
     ]
     recipe_name = (
-        f"{args.optimizer}{' (fused AdamW)' if args.fused else ''}{', qk-norm' if args.qk_norm else ''}"
+        f"{args.optimizer}{' (fused AdamW)' if fused_adamw(runs[1].optimizer) else ''}"
+        f"{', qk-norm' if args.qk_norm else ''}"
         f"{', compiled' if args.compile else ''}, SwiGLU {config.mlp_hidden}, kv heads {config.n_kv_head}"
-        + (f", MoE {config.n_experts}x{config.expert_hidden} top-{config.top_k}" if config.n_experts else "")
+        + (
+            f", MoE {config.n_experts}x{config.expert_hidden} top-{config.top_k} (equal {args.moe} params)"
+            if config.n_experts
+            else ""
+        )
     )
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; shape {args.layers}L x {args.embd} x "
         f"{args.heads}h, T={args.seq}, batch {args.batch}, vocab {vocab}; baseline: {args.baseline}; recipe: {recipe_name}",
         flush=True,
     )
-    print(f"params: baseline {gpt2.num_params():,}, recipe {recipe.num_params():,}", flush=True)
+    print(
+        f"params: baseline {gpt2.num_params():,}, recipe {recipe.num_params():,} "
+        f"({recipe.num_params(active=True):,} active per token)",
+        flush=True,
+    )
 
     speed = pure_step_speed(runs, args.batch, args.seq, vocab, args.speed_steps)
     tokens = args.batch * args.seq

@@ -31,6 +31,12 @@ def muon_available() -> bool:
     return hasattr(torch.optim, "Muon")
 
 
+def fused_adamw_supported(model: nn.Module) -> bool:
+    """torch (>= 2.4) has fused AdamW kernels for floating-point parameters on CPU and CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+
+
 def split_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     """Parameters by role: "hidden" (2-D matrices inside the blocks except the router: Muon's),
     "decay" (other matrices: router, expert stacks, an untied output head) and "no_decay" (the
@@ -124,13 +130,19 @@ def build_optimizer(
 ) -> torch.optim.Optimizer | MuonWithAdamW:
     """The trainer's optimizer. Weight decay applies to matrices, never to the embedding or norms.
 
-    fused: AdamW's fused kernel (True on CUDA; None lets torch choose its default, foreach).
+    fused: AdamW's fused kernel. None (the default) uses it wherever torch has one for the parameters'
+    device (CPU and CUDA), else torch's default. On a CPU it makes the AdamW update ~3.5x faster than
+    torch's default there, a per-tensor loop (~2% of a step at 14M parameters: README.md). A
+    checkpoint restores the kernel it was written with (torch loads `fused` with the param groups),
+    so resuming a run made before fused was the default continues it bit-exactly.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    if fused is None:
+        fused = fused_adamw_supported(model)
     adamw_args = {"lr": lr, "betas": tuple(betas), "eps": eps}
-    if fused is not None:
-        adamw_args["fused"] = fused
+    if fused:
+        adamw_args["fused"] = True
     if name == "adamw":  # the same two groups, in the same order, as checkpoints before Muon existed
         return torch.optim.AdamW(model.configure_param_groups(weight_decay), **adamw_args)
     groups = split_params(model)

@@ -227,10 +227,10 @@ def find_resume_checkpoint(c: TrainConfig, model_config: ModelConfig) -> Path | 
     return resume_dir
 
 
-def build_optimizer(model: GPT, c: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    """The one place the optimizer is made (training/optim.py): AdamW, or Muon + AdamW; fused on CUDA."""
-    fused = True if device.type == "cuda" else None
-    return optim.build_optimizer(model, c.optimizer, c.lr, c.weight_decay, (c.beta1, c.beta2), fused=fused)
+def build_optimizer(model: GPT, c: TrainConfig) -> torch.optim.Optimizer:
+    """The one place the optimizer is made (training/optim.py): AdamW, or Muon + AdamW; AdamW fused
+    wherever torch has the kernel (CPU, CUDA)."""
+    return optim.build_optimizer(model, c.optimizer, c.lr, c.weight_decay, (c.beta1, c.beta2))
 
 
 def build_loaders(
@@ -353,7 +353,7 @@ def setup_run(
     precision = Precision(choose_precision(c.precision, device.type, cuda_capability(device)), device)
     if c.activation_checkpointing:
         enable_activation_checkpointing(model)
-    optimizer = build_optimizer(model, c, device)
+    optimizer = build_optimizer(model, c)
     if resume_dir is not None:
         optimizer.load_state_dict(ckpt.optimizer_state_from_tensors(opt_tensors, trainer["optimizer"]))
         precision.load_state_dict(trainer.get("precision", {}))
