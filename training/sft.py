@@ -39,6 +39,7 @@ from training.chat import (
 from training.config import SFTConfig
 from training.metrics import MetricsLogger, ProgressBar, plot_run
 from training.model import GPT, IGNORE_INDEX
+from training.optim import build_optimizer
 from training.precision import pick_device
 
 RUN_CONFIG_FILE = "config.json"
@@ -242,9 +243,7 @@ def _sft(c: SFTConfig, device: torch.device) -> dict:
         model = base_model
     del base_model
     model.train()
-    optimizer = torch.optim.AdamW(
-        model.configure_param_groups(c.weight_decay), lr=c.lr, betas=(0.9, 0.95), eps=1e-8
-    )
+    optimizer = build_optimizer(model, "adamw", c.lr, c.weight_decay)  # pre-training's AdamW, fused
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
 
