@@ -1029,6 +1029,8 @@ def _build(
         extra = ExtraMix(extras, stats, out_dir / ".spool", sources_config)
         extra.gutenberg = gutenberg_source_entry(summaries, selection)
         t = lap("dedup_extra", t)
+        del dup_of
+    del seen, loose  # deduplication's memory is not kept through the tokenizer's (SentencePiece's)
     try:
         tokenizer_path = train_corpus_tokenizer(selection, keep, config, out_dir, cache_dir, extra)
     except RuntimeError as e:
