@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -18,6 +20,26 @@ pytestmark = pytest.mark.skipif(not muon_available(), reason="torch.optim.Muon n
 def tiny_moe(seed: int = 0) -> GPT:
     torch.manual_seed(seed)
     return GPT(ModelConfig.preset("tiny-moe", vocab_size=64, moe_every=2, tie_embeddings=True))
+
+
+def test_adamw_is_fused_on_cpu_and_a_checkpoint_keeps_the_kernel_it_was_written_with() -> None:
+    assert all(g["fused"] for g in build_optimizer(tiny_moe(0), "adamw").param_groups)
+    assert not build_optimizer(tiny_moe(0), "adamw", fused=False).param_groups[0]["fused"]
+    # A run from before fused was the default: torch's unfused AdamW, as the trainer built it then.
+    old = tiny_moe(0)
+    old_opt = torch.optim.AdamW(old.configure_param_groups(0.1), lr=1e-3, betas=(0.9, 0.95))
+    steps(old, old_opt, 2, seed=1)
+    tensors, meta = ckpt.optimizer_state_to_tensors(old_opt)
+    tensors = {k: v.clone() for k, v in tensors.items()}  # as read back from the file: not shared
+    resumed = tiny_moe(5)
+    resumed.load_state_dict(old.state_dict())
+    resumed_opt = build_optimizer(resumed, "adamw")
+    resumed_opt.load_state_dict(ckpt.optimizer_state_from_tensors(tensors, json.loads(json.dumps(meta))))
+    assert not any(g["fused"] for g in resumed_opt.param_groups)  # continues with its own kernel
+    steps(old, old_opt, 3, seed=2)
+    steps(resumed, resumed_opt, 3, seed=2)
+    a, b = old.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_muon_gets_exactly_the_hidden_matrices() -> None:

@@ -20,7 +20,6 @@ from training import checkpoint as ckpt
 from training.evaluate import evaluate
 from training.metrics import read_metrics
 from training.model import GPT, ModelConfig
-from training.optim import build_optimizer
 from training.train import TrainConfig, config_from_args, lr_at, run_torchrun, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,38 +157,6 @@ def test_optimizer_state_survives_safetensors_round_trip(tmp_path):
     for i in a["state"]:
         for k in a["state"][i]:
             assert torch.equal(a["state"][i][k], b["state"][i][k])
-
-
-def test_adamw_is_fused_on_cpu_and_a_checkpoint_keeps_the_kernel_it_was_written_with():
-    def tiny(seed: int) -> GPT:
-        torch.manual_seed(seed)
-        return GPT(ModelConfig.preset("tiny", **TINY, vocab_size=64))
-
-    def steps(model: GPT, opt, n: int, seed: int) -> None:
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(n):
-            x = torch.randint(0, 64, (2, 8), generator=gen)
-            model(x, x).total_loss().backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-
-    assert all(g["fused"] for g in build_optimizer(tiny(0), "adamw").param_groups)
-    assert not build_optimizer(tiny(0), "adamw", fused=False).param_groups[0]["fused"]
-    # A run from before fused was the default: torch's unfused AdamW, as the trainer built it then.
-    old = tiny(0)
-    old_opt = torch.optim.AdamW(old.configure_param_groups(0.1), lr=1e-3, betas=(0.9, 0.95))
-    steps(old, old_opt, 2, seed=1)
-    tensors, meta = ckpt.optimizer_state_to_tensors(old_opt)
-    tensors = {k: v.clone() for k, v in tensors.items()}  # as read back from the file: not shared
-    resumed = tiny(5)
-    resumed.load_state_dict(old.state_dict())
-    resumed_opt = build_optimizer(resumed, "adamw")
-    resumed_opt.load_state_dict(ckpt.optimizer_state_from_tensors(tensors, json.loads(json.dumps(meta))))
-    assert not any(g["fused"] for g in resumed_opt.param_groups)  # continues with its own kernel
-    steps(old, old_opt, 3, seed=2)
-    steps(resumed, resumed_opt, 3, seed=2)
-    a, b = old.state_dict(), resumed.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_run_folder_layout_logs_and_keep_last(corpus, tmp_path):
