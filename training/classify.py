@@ -14,11 +14,12 @@ Accuracy and macro-F1 (the mean of per-class F1, so a small class counts as much
 
 from __future__ import annotations
 
+import json
 import math
 import re
-import time
+import sys
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,40 +29,22 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from common.errors import UserError
-from common.files import write_json_atomic
+from common.files import write_json_atomic, write_text_atomic
 from training import checkpoint as ckpt
-from training.model import GPT
+from training.config import ClassifyConfig
+from training.data import EpochSampler
+from training.loop import Dist, Loss, Run, Task, config_parser, run_task, task_main
+from training.model import GPT, ModelConfig
+from training.sft import resolve_checkpoint
 
 HEAD_FILE = "head.safetensors"
-
-
-@dataclass
-class ClassifyConfig:
-    base: str  # pre-trained run or checkpoint folder
-    run_dir: str
-    pool: str = "last"  # "last" real token or "mean" over real tokens
-    train_layers: str = "all"  # "head", "last" (last block + final norm + head) or "all"
-    max_len: int = 128  # tokens per text (BOS included)
-    epochs: int = 3
-    batch_size: int = 16
-    lr: float = 5e-4
-    head_lr: float = 3e-3
-    weight_decay: float = 0.01
-    seed: int = 0
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.pool not in ("last", "mean"):
-            raise ValueError(f"pool must be 'last' or 'mean', got {self.pool!r}")
-        if self.train_layers not in ("head", "last", "all"):
-            raise ValueError(f"train_layers must be 'head', 'last' or 'all', got {self.train_layers!r}")
 
 
 # -----------------------------------------------------------------------------------------------
 # Data
 
 
-def read_labelled(path: str | Path) -> list[tuple[str, str]]:
+def read_labelled(path: str | Path, min_labels: int = 2) -> list[tuple[str, str]]:
     """(text, label) rows of a CSV with `text,label` columns or a JSONL of {"text", "label"} objects."""
     import csv
     import json
@@ -69,6 +52,27 @@ def read_labelled(path: str | Path) -> list[tuple[str, str]]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    try:
+        rows = _read_labelled(path, csv, json)
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise UserError(
+            f"{path}, line {line}: not UTF-8 (byte {e.start + 1}); save the file as UTF-8"
+        ) from None
+    except csv.Error as e:
+        raise UserError(
+            f"{path}: not a readable CSV ({e}); a text is limited to {MAX_FIELD:,} characters"
+        ) from None
+    if len({label for _, label in rows}) < min_labels:
+        raise UserError(f"{path}: needs at least {min_labels} different labels")
+    return rows
+
+
+MAX_FIELD = 1 << 20  # characters of one CSV field: far more than max_len tokens can use
+
+
+def _read_labelled(path: Path, csv, json) -> list[tuple[str, str]]:
+    csv.field_size_limit(MAX_FIELD)
     rows = []
     with open(path, encoding="utf-8", newline="") as f:
         if path.suffix == ".csv":
@@ -90,16 +94,32 @@ def read_labelled(path: str | Path) -> list[tuple[str, str]]:
             if not isinstance(r, dict) or not isinstance(r.get("text"), str) or r.get("label") in (None, ""):
                 raise UserError(f"{path}, line {n}: needs a text string and a non-empty label")
             rows.append((r["text"], str(r["label"])))
-    if len({label for _, label in rows}) < 2:
-        raise UserError(f"{path}: needs at least two different labels")
     return rows
 
 
 def split_rows(rows: list[tuple[str, str]], test_frac: float, seed: int) -> tuple[list, list]:
-    """A seeded random train/test split (for a user's file; the author task splits by book)."""
-    order = np.random.default_rng(seed).permutation(len(rows))
-    n_test = max(1, round(test_frac * len(rows)))
-    return [rows[i] for i in order[n_test:]], [rows[i] for i in order[:n_test]]
+    """A seeded train/test split per class (for a user's file; the author task splits by book): every
+    class keeps at least one training row, so no test label is unseen; a class of one row is train only."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[int]] = {}
+    for i, (_, label) in enumerate(rows):
+        by_label.setdefault(label, []).append(i)
+    train_ids, test_ids = [], []
+    for label in sorted(by_label):
+        ids = [by_label[label][j] for j in rng.permutation(len(by_label[label]))]
+        n_test = min(len(ids) - 1, round(test_frac * len(ids)))
+        test_ids += ids[:n_test]
+        train_ids += ids[n_test:]
+    if not test_ids:
+        raise UserError(f"no test rows: {len(rows)} rows are too few to hold out {test_frac:.0%} per class")
+    return [rows[i] for i in sorted(train_ids)], [rows[i] for i in sorted(test_ids)]
+
+
+def few(names, limit: int = 5) -> str:
+    """A short listing for an error line, however many there are."""
+    names = sorted(names)
+    shown = ", ".join(repr(n)[:40] for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -207,11 +227,21 @@ def batches(encoded: list[list[int]], order, batch_size: int, pad_id: int):
 
 
 @torch.no_grad()
-def predict(model: GPTClassifier, encoded: list[list[int]], batch_size: int, pad_id: int) -> list[int]:
+def predict(
+    model: GPTClassifier,
+    encoded: list[list[int]],
+    batch_size: int,
+    pad_id: int,
+    device: str | torch.device = "cpu",
+) -> list[int]:
+    was_training = model.training
     model.eval()
     out = []
-    for x, lengths, _ in batches(encoded, list(range(len(encoded))), batch_size, pad_id):
-        out += model(x, lengths).argmax(-1).tolist()
+    try:
+        for x, lengths, _ in batches(encoded, list(range(len(encoded))), batch_size, pad_id):
+            out += model(x.to(device), lengths.to(device)).argmax(-1).tolist()
+    finally:
+        model.train(was_training)
     return out
 
 
@@ -224,84 +254,195 @@ def _trainable(model: GPTClassifier, which: str) -> list[nn.Parameter]:
     return [p for p in model.gpt.parameters() if p.requires_grad]
 
 
-def train_classifier(
-    c: ClassifyConfig,
-    train: list[tuple[str, str]],
-    test: list[tuple[str, str]],
-    progress: bool = True,
-) -> dict:
-    """Fine-tune the base on (text, label) pairs, score it and the baselines on test; write RUN/."""
-    import sentencepiece as spm
+def write_rows(path: Path, rows: list[tuple[str, str]]) -> None:
+    """Labelled rows as JSONL (what read_labelled reads back): the run keeps the data it was trained on."""
+    import json
 
-    threads = torch.get_num_threads()
-    if c.threads:
-        torch.set_num_threads(c.threads)
-    try:
+    text = "".join(json.dumps({"text": t, "label": y}, ensure_ascii=False) + "\n" for t, y in rows)
+    write_text_atomic(path, text)
+
+
+class ClassifyTask(Task):
+    """Cross-entropy of a linear head on the pooled final hidden state; test scores once per epoch."""
+
+    kind = "classify"
+
+    def __init__(self, c: ClassifyConfig, progress: bool = True):
+        self.c, self.progress = c, progress
+        self.history: list[dict] = []
+        self.report: dict = {}
+
+    def prepare(self, d: Dist) -> None:
+        c = self.c
+        self.d = d
+        run_data = Path(c.run_dir) / "data"
+        train = read_labelled(c.data or run_data / "train.jsonl")
+        test = read_labelled(c.test_data or run_data / "test.jsonl", min_labels=1)
         labels = sorted({label for _, label in train})
+        if len(labels) > MAX_CLASSES:
+            raise UserError(f"{len(labels):,} classes: at most {MAX_CLASSES:,} are supported")
         unseen = {label for _, label in test} - set(labels)
         if unseen:
-            raise ValueError(f"test labels never seen in training: {sorted(unseen)}")
-        index = {label: i for i, label in enumerate(labels)}
-        train_y = [index[label] for _, label in train]
-        test_y = [index[label] for _, label in test]
-        report: dict = {"labels": labels, "n_train": len(train), "n_test": len(test), "config": asdict(c)}
-        report["majority"] = scores(test_y, majority_baseline(train_y, len(test)), len(labels))
-        nb = NaiveBayes().fit([t for t, _ in train], train_y, len(labels))
-        report["bag_of_words"] = scores(test_y, nb.predict([t for t, _ in test]), len(labels))
-
-        checkpoint = (
-            ckpt.newest_valid_checkpoint(c.base) if (Path(c.base) / "checkpoints").is_dir() else Path(c.base)
-        )
-        meta = ckpt.read_checkpoint_config(checkpoint)
-        sp = spm.SentencePieceProcessor(model_file=meta["tokenizer_path"])
-        torch.manual_seed(c.seed)
-        model = GPTClassifier(ckpt.load_model(checkpoint), len(labels), c.pool)
-        max_len = min(c.max_len, model.gpt.config.max_seq_len)
-        train_x = encode_texts(sp, [t for t, _ in train], max_len)
-        test_x = encode_texts(sp, [t for t, _ in test], max_len)
-        pad = sp.eos_id()
-        groups = [{"params": list(model.head.parameters()), "lr": c.head_lr}]
-        body = _trainable(model, c.train_layers)
-        if body:
-            groups.append({"params": body, "lr": c.lr})
-        optimizer = torch.optim.AdamW(groups, weight_decay=c.weight_decay)
-        rng = np.random.default_rng(c.seed)
-        steps = c.epochs * math.ceil(len(train_x) / c.batch_size)
-        step, started, history = 0, time.perf_counter(), []
-        for epoch in range(c.epochs):
-            model.train()
-            total = 0.0
-            for x, lengths, rows in batches(
-                train_x, rng.permutation(len(train_x)).tolist(), c.batch_size, pad
-            ):
-                scale = 0.5 * (1 + math.cos(math.pi * step / steps))  # cosine to zero
-                for g, base_lr in zip(optimizer.param_groups, [c.head_lr, c.lr], strict=False):
-                    g["lr"] = base_lr * scale
-                loss = F.cross_entropy(model(x, lengths), torch.tensor([train_y[r] for r in rows]))
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                total += loss.item() * len(rows)
-                step += 1
-            pred = predict(model, test_x, c.batch_size, pad)
-            history.append(
-                {"epoch": epoch + 1, "train_loss": total / len(train_x), **scores(test_y, pred, len(labels))}
+            raise UserError(
+                f"{len(unseen)} test label(s) never seen in training ({few(unseen)}): give each class "
+                "training rows (`ptgpt classify --task FILE` splits per class)"
             )
-            if progress:
-                h = history[-1]
-                print(
-                    f"epoch {epoch + 1}/{c.epochs}: train loss {h['train_loss']:.4f}, test accuracy "
-                    f"{h['accuracy']:.3f}, macro-F1 {h['macro_f1']:.3f} ({time.perf_counter() - started:.0f} s)",
-                    flush=True,
-                )
-        report["model"] = {k: v for k, v in history[-1].items() if k in ("accuracy", "macro_f1")}
-        report["epochs"] = history
-        save_classifier(model, Path(c.run_dir), labels, meta, c)
+        index = {label: i for i, label in enumerate(labels)}
+        self.labels, self.train, self.test = labels, train, test
+        self.train_y = [index[label] for _, label in train]
+        self.test_y = [index[label] for _, label in test]
+        self.checkpoint = resolve_checkpoint(c.base)
+        self.meta = ckpt.read_checkpoint_config(self.checkpoint)
+        from training.evaluate import load_tokenizer
+
+        sp = load_tokenizer(self.meta["tokenizer_path"])
+        context = ModelConfig.from_dict(self.meta["model"]).max_seq_len
+        self.max_len = min(c.max_len, context)
+        self.train_x = encode_texts(sp, [t for t, _ in train], self.max_len)
+        self.test_x = encode_texts(sp, [t for t, _ in test], self.max_len)
+        self.pad = sp.eos_id()
+        global_batch = c.batch_size * d.world_size
+        self.steps_per_epoch = math.ceil(len(self.train_x) / global_batch)
+        if c.max_steps is None and c.time_budget is None:
+            c.max_steps = c.epochs * self.steps_per_epoch
+        self.sampler = EpochSampler(len(self.train_x), global_batch, c.seed)
+        self.epoch_loss = [0.0, 0]
+
+    def build_model(self) -> torch.nn.Module:
+        model = GPTClassifier(ckpt.load_model(self.checkpoint), len(self.labels), self.c.pool)
+        _trainable(model, self.c.train_layers)
+        return model
+
+    def checkpoint_model(self, module: torch.nn.Module) -> GPT:
+        return module.gpt
+
+    def extra_tensors(self, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+        return {f"head.{k}": v for k, v in module.head.state_dict().items()}
+
+    def load_extra_tensors(self, module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        module.head.load_state_dict({k[5:]: v for k, v in tensors.items() if k.startswith("head.")})
+
+    def optimizer_groups(self, module: torch.nn.Module) -> list[dict]:
+        return [
+            {
+                "params": list(module.head.parameters()),
+                "weight_decay": self.c.weight_decay,
+                "lr_scale": self.c.head_lr / self.c.lr,
+            }
+        ]
+
+    def start_data(self, run: Run, states: dict[str, dict] | None) -> None:
+        if states is not None:
+            self.sampler.load_state_dict(states["sampler"])
+
+    def next_batch(self, run: Run, micro: int):
+        rows = self.sampler.next_batch()[run.d.rank :: run.d.world_size]
+        x, lengths, _ = next(batches(self.train_x, rows, len(rows), self.pad))
+        y = torch.tensor([self.train_y[r] for r in rows])
+        return x.to(run.device), lengths.to(run.device), y.to(run.device)
+
+    def loss(self, model: torch.nn.Module, batch) -> Loss:
+        x, lengths, y = batch
+        loss = F.cross_entropy(model(x, lengths).float(), y)
+        self.epoch_loss[0] += loss.item() * len(y)
+        self.epoch_loss[1] += len(y)
+        return Loss(loss, loss.detach(), len(y))
+
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def data_state(self) -> dict[str, dict]:
+        return {"sampler": self.sampler.state_dict()} if self.d.is_main else {}
+
+    def due_for_evaluation(self, run: Run) -> bool:
+        every = self.c.eval_every or self.steps_per_epoch
+        return run.step % every == 0 or run.finishing
+
+    def evaluate(self, run: Run) -> dict:
+        with run.precision.autocast():
+            pred = predict(run.raw_model, self.test_x, self.c.batch_size, self.pad, run.device)
+        figures = scores(self.test_y, pred, len(self.labels))
+        train_loss = self.epoch_loss[0] / max(self.epoch_loss[1], 1)
+        self.epoch_loss = [0.0, 0]
+        self.history.append(
+            {"epoch": run.step / self.steps_per_epoch, "step": run.step, "train_loss": train_loss, **figures}
+        )
+        if self.progress:
+            run.write(
+                f"step {run.step} (epoch {run.step / self.steps_per_epoch:.1f}): train loss {train_loss:.4f}, "
+                f"test accuracy {figures['accuracy']:.3f}, macro-F1 {figures['macro_f1']:.3f} "
+                f"({run.train_seconds:.0f} s)"
+            )
+        return {"test_accuracy": figures["accuracy"], "test_macro_f1": figures["macro_f1"]}
+
+    def checkpoint_extra(self) -> dict:
+        return {
+            "tokenizer_path": self.meta["tokenizer_path"],
+            "base_checkpoint": str(self.checkpoint.resolve()),
+            "classify": asdict(self.c),
+        }
+
+    def run_config(self, run: Run) -> dict:
+        return {
+            "base_checkpoint": str(self.checkpoint.resolve()),
+            "labels": self.labels,
+            "n_train": len(self.train),
+            "n_test": len(self.test),
+        }
+
+    def finish(self, run: Run) -> None:
+        c, n = self.c, len(self.labels)
+        report: dict = {
+            "labels": self.labels,
+            "n_train": len(self.train),
+            "n_test": len(self.test),
+            "config": asdict(c),
+        }
+        report["majority"] = scores(self.test_y, majority_baseline(self.train_y, len(self.test)), n)
+        nb = NaiveBayes().fit([t for t, _ in self.train], self.train_y, n)
+        report["bag_of_words"] = scores(self.test_y, nb.predict([t for t, _ in self.test]), n)
+        last = self.history[-1] if self.history else {}
+        report["model"] = {k: v for k, v in last.items() if k in ("accuracy", "macro_f1")}
+        report["epochs"] = self.history
+        save_classifier(run.raw_model, Path(c.run_dir), self.labels, self.meta, c)
         write_json_atomic(Path(c.run_dir) / "report.json", report)
-        return report
-    finally:
-        torch.set_num_threads(threads)
+        self.report = report
+
+    def summary(self, run: Run) -> dict:
+        return {"report": self.report}
+
+
+MAX_CLASSES = 1000
+
+
+def train_classifier(
+    c: ClassifyConfig,
+    train: list[tuple[str, str]] | None = None,
+    test: list[tuple[str, str]] | None = None,
+    progress: bool = True,
+    on_log=None,
+) -> dict:
+    """Fine-tune the base on (text, label) pairs (kept in RUN/data/), score it and the baselines on test."""
+    if train is not None and test is not None:
+        data = Path(c.run_dir) / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        write_rows(data / "train.jsonl", train)
+        write_rows(data / "test.jsonl", test)
+        c.data, c.test_data = str(data / "train.jsonl"), str(data / "test.jsonl")
+    task = ClassifyTask(c, progress=progress)
+    run_task(task, on_log=on_log)
+    return task.report or json.loads((Path(c.run_dir) / "report.json").read_text())
+
+
+def config_from_args(argv: list[str] | None = None) -> ClassifyConfig:
+    parser = config_parser(
+        ClassifyConfig, "python -m training.classify", "Train a classification head.", ("base", "run_dir")
+    )
+    return ClassifyConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return task_main(lambda a: ClassifyTask(config_from_args(a)), argv)
 
 
 def save_classifier(
@@ -326,3 +467,7 @@ def load_classifier(folder: str | Path) -> tuple[GPTClassifier, list[str], dict]
     model = GPTClassifier(ckpt.load_model(folder), len(spec["labels"]), spec["pool"])
     model.head.load_state_dict(load_file(str(folder / HEAD_FILE)))
     return model.eval(), spec["labels"], meta
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -690,3 +690,39 @@ def iter_eval_windows(
         last_bytes[0, : len(carry)] = carry_bytes
         pending.append((last, last_bytes))
     yield from batches(final=True)
+
+
+# -----------------------------------------------------------------------------------------------
+# In-memory examples (SFT conversations, labelled texts)
+
+
+class EpochSampler:
+    """Shuffled batches of example indices, epoch after epoch. Its state is two ints, so resume is exact."""
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.position = 0, 0
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+
+    def next_batch(self) -> list[int]:
+        batch = []
+        while len(batch) < self.batch_size:
+            if self.position >= self.n:
+                self.epoch, self.position = self.epoch + 1, 0
+            take = min(self.batch_size - len(batch), self.n - self.position)
+            batch += self._order()[self.position : self.position + take].tolist()
+            self.position += take
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "n": self.n}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["n"] != self.n:
+            raise UserError(
+                f"the checkpoint was trained on {state['n']} conversations, the data now has {self.n}: "
+                "resume with the same --data, or use a new --run"
+            )
+        self.epoch, self.position = state["epoch"], state["position"]

@@ -127,6 +127,7 @@ def build_optimizer(
     eps: float = 1e-8,
     fused: bool | None = None,
     muon_momentum: float = 0.95,
+    extra_groups: list[dict] | None = None,
 ) -> torch.optim.Optimizer | MuonWithAdamW:
     """The trainer's optimizer. Weight decay applies to matrices, never to the embedding or norms.
 
@@ -135,6 +136,9 @@ def build_optimizer(
     torch's default there, a per-tensor loop (~2% of a step at 14M parameters: README.md). A
     checkpoint restores the kernel it was written with (torch loads `fused` with the param groups),
     so resuming a run made before fused was the default continues it bit-exactly.
+
+    extra_groups: AdamW groups for parameters outside `model` (a classification head), each with its
+    "weight_decay" and an "lr_scale" that the training loop multiplies the learning rate by.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
@@ -143,8 +147,9 @@ def build_optimizer(
     adamw_args = {"lr": lr, "betas": tuple(betas), "eps": eps}
     if fused:
         adamw_args["fused"] = True
+    extra = [g for g in (extra_groups or []) if g["params"]]
     if name == "adamw":  # the same two groups, in the same order, as checkpoints before Muon existed
-        return torch.optim.AdamW(model.configure_param_groups(weight_decay), **adamw_args)
+        return torch.optim.AdamW([*model.configure_param_groups(weight_decay), *extra], **adamw_args)
     groups = split_params(model)
     if not muon_available():
         raise ValueError(
@@ -160,7 +165,7 @@ def build_optimizer(
         adjust_lr_fn="match_rms_adamw",
     )
     adamw = torch.optim.AdamW(
-        _groups([(groups["decay"], weight_decay), (groups["no_decay"], 0.0)]), **adamw_args
+        [*_groups([(groups["decay"], weight_decay), (groups["no_decay"], 0.0)]), *extra], **adamw_args
     )
     return MuonWithAdamW(muon, adamw)
 

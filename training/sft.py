@@ -6,25 +6,26 @@ assistant's tokens (their text and closing <|end|>). Batches are padded to their
 the padding and every non-assistant position set to IGNORE_INDEX (attention is causal, so padding at
 the right never reaches a real token).
 
-Runs look like pre-training runs (docs/formats.md section 3): RUN/checkpoints/step_N/ written by
-training/checkpoint.py (so chat, serve-model, eval and export-hf read them), RUN/metrics.jsonl
-through training/metrics.py, and a rerun resumes from the newest valid checkpoint: weights, AdamW
-state, RNG and the position in the shuffled data, so it continues exactly.
+Training is a Task of the one loop (training/loop.py), so SFT has what pre-training has: precision,
+the NaN guard, a checkpoint on SIGTERM, gradient accumulation, torchrun/DDP (each process takes its
+share of every global batch), a time budget, metrics and exact resume from the newest valid
+checkpoint (weights, AdamW state, RNG and the position in the shuffled data). Runs look like
+pre-training runs (docs/formats.md section 3), so chat, serve-model, eval and export-hf read them.
+
+    python -m training.sft --base RUN --data train.jsonl --run-dir SFT_RUN     (also under torchrun)
 """
 
 from __future__ import annotations
 
 import json
-import math
-import time
+import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from common.errors import UserError
-from common.files import write_json_atomic
 from training import checkpoint as ckpt
 from training.chat import (
     ChatTokenizer,
@@ -37,12 +38,10 @@ from training.chat import (
     stream_tokens,
 )
 from training.config import SFTConfig
-from training.metrics import MetricsLogger, ProgressBar, plot_run
+from training.data import EpochSampler
+from training.loop import Dist, Loss, Run, Task, config_parser, run_task, task_main
 from training.model import GPT, IGNORE_INDEX
-from training.optim import build_optimizer
-from training.precision import pick_device
-
-RUN_CONFIG_FILE = "config.json"
+from training.train import RUN_TOKENIZER_FILE, copy_tokenizer_into_run
 
 
 class DataError(UserError, ValueError):
@@ -59,11 +58,15 @@ def read_conversations(path: str | Path) -> list[list[dict]]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}, line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{where}: not UTF-8 (byte {e.start + 1}); save the file as UTF-8") from None
             if not line.strip():
                 continue
-            where = f"{path}, line {number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
@@ -124,46 +127,6 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[t
     return x, y
 
 
-class EpochSampler:
-    """Shuffled batches of example indices, epoch after epoch. Its state is two ints, so resume is exact."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.epoch, self.position = 0, 0
-
-    def _order(self) -> np.ndarray:
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-
-    def next_batch(self) -> list[int]:
-        batch = []
-        while len(batch) < self.batch_size:
-            if self.position >= self.n:
-                self.epoch, self.position = self.epoch + 1, 0
-            take = min(self.batch_size - len(batch), self.n - self.position)
-            batch += self._order()[self.position : self.position + take].tolist()
-            self.position += take
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "n": self.n}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["n"] != self.n:
-            raise UserError(
-                f"the checkpoint was trained on {state['n']} conversations, the data now has {self.n}: "
-                "resume with the same --data, or use a new --run"
-            )
-        self.epoch, self.position = state["epoch"], state["position"]
-
-
-def lr_at(step: int, c: SFTConfig) -> float:
-    """Linear warmup, then cosine down to lr * min_lr_ratio at max_steps."""
-    if step < c.warmup_steps:
-        return c.lr * (step + 1) / c.warmup_steps
-    progress = min(1.0, (step - c.warmup_steps) / max(1, c.max_steps - c.warmup_steps))
-    return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 @torch.no_grad()
 def assistant_loss(model: GPT, examples: list, pad_id: int, batch_size: int, device: torch.device) -> float:
     """Mean cross-entropy over the assistant tokens of `examples` (nats/token)."""
@@ -206,137 +169,119 @@ def load_base(base: str | Path, device: torch.device) -> tuple[GPT, ChatTokenize
     return model.to(device), tok, {**meta, "checkpoint": str(checkpoint.resolve())}
 
 
-def sft(c: SFTConfig) -> dict:
-    """Fine-tune (or continue) c.run_dir up to c.max_steps; returns a summary dict."""
-    device = pick_device(c.device)
-    threads = torch.get_num_threads()
-    if c.threads:
-        torch.set_num_threads(c.threads)
-    try:
-        return _sft(c, device)
-    finally:
-        torch.set_num_threads(threads)
+class SFTTask(Task):
+    """Loss on the assistant tokens of conversations; validation loss on held-out conversations."""
 
+    kind = "sft"
 
-def _sft(c: SFTConfig, device: torch.device) -> dict:
-    run_dir = Path(c.run_dir)
-    resume_dir = ckpt.latest_valid_training_checkpoint(run_dir)
-    base_model, tok, base_meta = load_base(c.base, device)
-    max_len = min(c.max_len or base_model.config.max_seq_len, base_model.config.max_seq_len)
-    train_examples, dropped = encode_examples(tok, read_conversations(c.data), max_len)
-    if not train_examples:
-        raise DataError(f"{c.data}: no conversation has an assistant token within {max_len} tokens")
-    val_examples = encode_examples(tok, read_conversations(c.val_data), max_len)[0] if c.val_data else []
-    pad_id = tok.eos
+    def __init__(self, c: SFTConfig):
+        self.c = c
 
-    sampler = EpochSampler(len(train_examples), c.batch_size, c.seed)
-    optimizer_state = None
-    start_step = 0
-    if resume_dir is not None:
-        model = ckpt.load_model(resume_dir, device=device)
-        trainer, opt_tensors, trainer_tensors = ckpt.load_training_checkpoint(resume_dir, model, device)
-        optimizer_state = ckpt.optimizer_state_from_tensors(opt_tensors, trainer["optimizer"])
-        sampler.load_state_dict(trainer["sampler"])
-        torch.set_rng_state(trainer_tensors["rng.torch_cpu"])
-        start_step = int(trainer["step"])
-    else:
-        model = base_model
-    del base_model
-    model.train()
-    optimizer = build_optimizer(model, "adamw", c.lr, c.weight_decay)  # pre-training's AdamW, fused
-    if optimizer_state is not None:
-        optimizer.load_state_dict(optimizer_state)
+    def prepare(self, d: Dist) -> None:
+        c = self.c
+        self.d = d
+        if Path(c.run_dir).resolve() == resolve_checkpoint(c.base).resolve().parents[1]:
+            raise UserError(f"--run {c.run_dir} is the base run itself: give the tuned model a new folder")
+        self.base_model, self.tok, self.base_meta = load_base(c.base, torch.device("cpu"))
+        context = self.base_model.config.max_seq_len
+        self.max_len = min(c.max_len or context, context)
+        self.train_examples, self.dropped = encode_examples(
+            self.tok, read_conversations(c.data), self.max_len
+        )
+        if not self.train_examples:
+            raise DataError(f"{c.data}: no conversation has an assistant token within {self.max_len} tokens")
+        self.val_examples = (
+            encode_examples(self.tok, read_conversations(c.val_data), self.max_len)[0] if c.val_data else []
+        )
+        self.pad_id = self.tok.eos
+        self.sampler = EpochSampler(len(self.train_examples), c.batch_size * d.world_size, c.seed)
 
-    extra = {
-        "tokenizer_path": base_meta["tokenizer_path"],
-        "tokenizer_sha256": base_meta.get("tokenizer_sha256"),
-        "corpus": base_meta.get("corpus"),
-        "chat": chat_metadata(tok),
-        "base_checkpoint": base_meta["checkpoint"],
-        "sft": asdict(c),
-    }
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(
-        run_dir / RUN_CONFIG_FILE,
-        {
-            "sft": asdict(c),
-            "model": model.config.to_dict(),
-            "base_checkpoint": base_meta["checkpoint"],
-            "tokenizer_path": base_meta["tokenizer_path"],
-            "chat": chat_metadata(tok),
-            "train_examples": len(train_examples),
-            "dropped_examples": dropped,
-            "max_len": max_len,
-        },
-    )
-    logger = MetricsLogger(run_dir, resume_step=start_step, tensorboard=c.tensorboard)
-    bar = ProgressBar(start_step, c.max_steps, enabled=c.progress)
-    where = (
-        f"resuming from {resume_dir}"
-        if resume_dir is not None
-        else f"starting from {base_meta['checkpoint']}"
-    )
-    bar.write(
-        f"sft {where}: {len(train_examples)} conversations ({dropped} dropped: no reply within {max_len} "
-        f"tokens), batch {c.batch_size}, device {device}"
-    )
-    summary: dict = {"run_dir": str(run_dir), "start_step": start_step, "losses": []}
-    step, last_checkpoint, val_loss = start_step, resume_dir, None
-    t_last, tokens_since = time.perf_counter(), 0
-    try:
-        while step < c.max_steps:
-            lr = lr_at(step, c)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = collate([train_examples[i] for i in sampler.next_batch()], pad_id)
-            x, y = x.to(device), y.to(device)
-            out = model(x, y)
-            out.total_loss().backward()
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip) if c.grad_clip > 0 else None
+    def build_model(self) -> torch.nn.Module:
+        model, self.base_model = self.base_model, None
+        return model
+
+    def start_data(self, run: Run, states: dict[str, dict] | None) -> None:
+        if states is not None:
+            self.sampler.load_state_dict(states["sampler"])
+        run.flops_per_token = run.gpt.flops_per_token(self.max_len)
+        if run.d.is_main:
+            copy_tokenizer_into_run(self.c.run_dir, self.base_meta["tokenizer_path"])
+            where = (
+                f"resuming at step {run.step}"
+                if run.step
+                else f"starting from {self.base_meta['checkpoint']}"
             )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_since += int((y != IGNORE_INDEX).sum())
-            last = step == c.max_steps
-            evaluating = bool(val_examples) and c.eval_every > 0 and (step % c.eval_every == 0 or last)
-            if step % c.log_every == 0 or evaluating or last:
-                elapsed = time.perf_counter() - t_last
-                record = {
-                    "step": step,
-                    "loss": out.loss.item(),
-                    "lr": lr,
-                    "grad_norm": grad_norm.item() if grad_norm is not None else None,
-                    "assistant_tokens_per_s": tokens_since / elapsed,
-                    "epoch": sampler.epoch,
-                }
-                if evaluating:
-                    val_loss = assistant_loss(model, val_examples, pad_id, c.batch_size, device)
-                    record["val_loss"] = val_loss
-                    bar.write(f"step {step}: validation loss on assistant tokens {val_loss:.4f}")
-                logger.log(record)
-                bar.update(step, record["loss"], record["assistant_tokens_per_s"])
-                summary["losses"].append((step, record["loss"]))
-                t_last, tokens_since = time.perf_counter(), 0
-            if step % c.checkpoint_every == 0 or last:
-                state = {"sampler": sampler.state_dict(), "tokens_seen": 0}
-                tensors = {"rng.torch_cpu": torch.get_rng_state()}
-                last_checkpoint = ckpt.save_training_checkpoint(
-                    run_dir, step, model, optimizer, state, tensors, extra=extra, keep_last=c.keep_last
-                )
-    finally:
-        logger.close()
-        bar.close()
-    if c.plot and summary["losses"]:
-        plot_run(run_dir)
-    summary.update(
-        step=step,
-        final_loss=summary["losses"][-1][1] if summary["losses"] else None,
-        val_loss=val_loss,
-        checkpoint=str(last_checkpoint) if last_checkpoint is not None else None,
+            run.write(
+                f"sft {where}: {len(self.train_examples)} conversations ({self.dropped} dropped: no reply "
+                f"within {self.max_len} tokens), batch {self.c.batch_size} x {run.d.world_size} proc, "
+                f"device {run.device}, {run.precision.kind}"
+            )
+
+    def next_batch(self, run: Run, micro: int):
+        rows = self.sampler.next_batch()[run.d.rank :: run.d.world_size]
+        x, y = collate([self.train_examples[i] for i in rows], self.pad_id)
+        return x.to(run.device), y.to(run.device)
+
+    def loss(self, model: torch.nn.Module, batch) -> Loss:
+        x, y = batch
+        out = model(x, y)
+        return Loss(out.total_loss(), out.loss.detach(), int((y != IGNORE_INDEX).sum()))
+
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    def data_state(self) -> dict[str, dict]:
+        return {"sampler": self.sampler.state_dict()} if self.d.is_main else {}
+
+    def due_for_evaluation(self, run: Run) -> bool:
+        return bool(self.val_examples) and super().due_for_evaluation(run)
+
+    def evaluate(self, run: Run) -> dict:
+        val_loss = assistant_loss(run.gpt, self.val_examples, self.pad_id, self.c.batch_size, run.device)
+        run.val = {"loss": val_loss}
+        run.write(f"step {run.step}: validation loss on assistant tokens {val_loss:.4f}")
+        return {"val_loss": val_loss}
+
+    def checkpoint_extra(self) -> dict:
+        meta = self.base_meta
+        return {
+            "tokenizer_path": meta["tokenizer_path"],
+            "tokenizer_sha256": meta.get("tokenizer_sha256"),
+            "corpus": meta.get("corpus"),
+            "chat": chat_metadata(self.tok),
+            "base_checkpoint": meta["checkpoint"],
+            "sft": asdict(self.c),
+        }
+
+    def run_config(self, run: Run) -> dict:
+        return {
+            "base_checkpoint": self.base_meta["checkpoint"],
+            "tokenizer_path": self.base_meta["tokenizer_path"],
+            "tokenizer_copy": RUN_TOKENIZER_FILE,
+            "chat": chat_metadata(self.tok),
+            "train_examples": len(self.train_examples),
+            "dropped_examples": self.dropped,
+            "max_len": self.max_len,
+        }
+
+
+def sft(c: SFTConfig, on_log: Callable[[dict], None] | None = None) -> dict:
+    """Fine-tune (or continue) c.run_dir; returns run_task's summary dict."""
+    return run_task(SFTTask(c), on_log=on_log)
+
+
+def config_from_args(argv: list[str] | None = None) -> SFTConfig:
+    parser = config_parser(
+        SFTConfig,
+        "python -m training.sft",
+        "Instruction-tune a pre-trained run.",
+        ("base", "data", "run_dir"),
     )
-    return summary
+    return SFTConfig(**vars(parser.parse_args(argv)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return task_main(lambda a: SFTTask(config_from_args(a)), argv)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -349,3 +294,7 @@ def greedy_reply(model: GPT, tok: ChatTokenizer, prompt: str, max_new_tokens: in
     ids = ids[-(model.config.max_seq_len - 1) :]
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, top_k=None)
     return tok.sp.decode(list(stream_tokens(model, ids, {tok.end, tok.eos}, sampling)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
