@@ -262,6 +262,15 @@ def write_rows(path: Path, rows: list[tuple[str, str]]) -> None:
     write_text_atomic(path, text)
 
 
+def write_run_data(run_dir: str | Path, train: list, test: list) -> tuple[str, str]:
+    """RUN/data/train.jsonl and test.jsonl: the rows a run trains and scores on, read by every rank."""
+    data = Path(run_dir) / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    write_rows(data / "train.jsonl", train)
+    write_rows(data / "test.jsonl", test)
+    return str(data / "train.jsonl"), str(data / "test.jsonl")
+
+
 class ClassifyTask(Task):
     """Cross-entropy of a linear head on the pooled final hidden state; test scores once per epoch."""
 
@@ -424,11 +433,7 @@ def train_classifier(
 ) -> dict:
     """Fine-tune the base on (text, label) pairs (kept in RUN/data/), score it and the baselines on test."""
     if train is not None and test is not None:
-        data = Path(c.run_dir) / "data"
-        data.mkdir(parents=True, exist_ok=True)
-        write_rows(data / "train.jsonl", train)
-        write_rows(data / "test.jsonl", test)
-        c.data, c.test_data = str(data / "train.jsonl"), str(data / "test.jsonl")
+        c.data, c.test_data = write_run_data(c.run_dir, train, test)
     task = ClassifyTask(c, progress=progress)
     run_task(task, on_log=on_log)
     return task.report or json.loads((Path(c.run_dir) / "report.json").read_text())

@@ -22,6 +22,23 @@ class ConfigError(UserError, ValueError):
     """A training setting that cannot work (a range, a name, a combination)."""
 
 
+def field_help(cls: type, name: str) -> str:
+    """The comment after `name:` in cls (or a base class): the one place a field's meaning is written,
+    shown by `ptgpt ... --help` and `python -m training.train --help`."""
+    import inspect
+
+    for klass in cls.__mro__:
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for line in source.splitlines():
+            stripped = line.strip()
+            if stripped.startswith(f"{name}:") and "#" in stripped:
+                return stripped.split("#", 1)[1].strip()
+    return ""
+
+
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*$")
 
 
@@ -57,8 +74,8 @@ class LoopConfig:
     warmdown_frac: float = 0.2  # "linear": fraction of the run spent decaying
     decay_steps: int | None = None  # steps the schedule spans; None: max_steps (or the time budget)
     weight_decay: float = 0.1  # on matrices only (GPT.configure_param_groups)
-    beta1: float = 0.9
-    beta2: float = 0.95
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.95  # AdamW's second-moment decay
     optimizer: str = "adamw"  # "adamw", or "muon" (hidden matrices; AdamW on the rest): training/optim.py
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     seed: int = 1337  # model init and data order
@@ -69,9 +86,9 @@ class LoopConfig:
     resume: bool = True  # continue from RUN's newest valid checkpoint if there is one
     # -- logging
     log_every: int = 10  # steps between metrics.jsonl records (evaluation steps always log)
-    tensorboard: bool = True
-    progress: bool = True
-    plot: bool = True
+    tensorboard: bool = True  # RUN/tb/ events
+    progress: bool = True  # a progress bar on stderr
+    plot: bool = True  # RUN/loss.png, refreshed at each evaluation
     # -- system
     device: str = "auto"  # "auto" (cuda, then mps, then cpu), "cpu", "cuda", "mps"
     precision: str = "auto"  # "auto" (bf16 on Ampere+, fp16 + loss scaling on older GPUs, else fp32), ...
@@ -183,7 +200,7 @@ class ClassifyConfig(LoopConfig):
     base: str  # pre-trained run or checkpoint folder
     data: str | None = None  # labelled rows (CSV/JSONL of text, label) to train on; None: RUN/data/
     test_data: str | None = None  # labelled rows to score on; None: RUN/data/
-    pool: str = "last"  # "last" real token or "mean" over real tokens
+    pool: str = "mean"  # "mean" over real tokens, or the "last" real token (which saw the whole text)
     train_layers: str = "all"  # "head", "last" (last block + final norm + head) or "all"
     max_len: int = 128  # tokens per text (BOS included)
     epochs: int = 3  # passes over the training rows (sets max_steps unless a time budget is given)

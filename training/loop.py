@@ -40,7 +40,7 @@ from common.errors import UserError
 from common.files import write_json_atomic
 from training import checkpoint as ckpt
 from training import optim
-from training.config import ConfigError, LoopConfig
+from training.config import ConfigError, LoopConfig, field_help
 from training.flops import mfu, peak_flops
 from training.metrics import MetricsLogger, ProgressBar, plot_run
 from training.model import GPT
@@ -748,20 +748,8 @@ class ConfigParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} ({self.prog} --help lists every option)")
 
 
-def field_help(cls: type, name: str) -> str:
-    """The comment after a field in its dataclass: the one place its meaning is written."""
-    import inspect
-
-    for klass in cls.__mro__:
-        try:
-            source = inspect.getsource(klass)
-        except (OSError, TypeError):
-            continue
-        for line in source.splitlines():
-            stripped = line.strip()
-            if stripped.startswith(f"{name}:") and "#" in stripped:
-                return stripped.split("#", 1)[1].strip().replace("%", "%%")
-    return ""
+def _help(cls: type, name: str) -> str:
+    return field_help(cls, name).replace("%", "%%")  # argparse formats help with %
 
 
 def config_parser(cls: type, prog: str, description: str, required: tuple[str, ...]) -> ConfigParser:
@@ -777,11 +765,9 @@ def config_parser(cls: type, prog: str, description: str, required: tuple[str, .
             flags.append("--run")
         kind = str if f.name == "time_budget" else arg_type(hints[f.name])
         if f.name in required or (f.default is MISSING and f.default_factory is MISSING):
-            parser.add_argument(*flags, dest=f.name, required=True, help=field_help(cls, f.name))
+            parser.add_argument(*flags, dest=f.name, required=True, help=_help(cls, f.name))
         else:
-            parser.add_argument(
-                *flags, dest=f.name, type=kind, default=f.default, help=field_help(cls, f.name)
-            )
+            parser.add_argument(*flags, dest=f.name, type=kind, default=f.default, help=_help(cls, f.name))
     return parser
 
 

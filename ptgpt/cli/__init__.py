@@ -17,10 +17,11 @@ import click
 
 from common.errors import UserError, describe_os_error
 from ptgpt import __version__
-from ptgpt.cli.chat import chat, classify, instructions, serve_model, sft
+from ptgpt.cli.chat import chat, instructions, serve_model
 from ptgpt.cli.corpus import corpus
 from ptgpt.cli.demo import demo
 from ptgpt.cli.evaluate import compare, eval_command
+from ptgpt.cli.finetune import classify, sft
 from ptgpt.cli.model import export_hf
 from ptgpt.cli.pipeline import build, run, serve
 from ptgpt.cli.scrape import mirror, scrape

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from ptgpt.cli.options import Duration, config_options, pick
 from training.config import TrainConfig
 
 
@@ -25,14 +26,19 @@ def check_preset(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-preset_option = click.option(
-    "--preset",
-    default=TrainConfig.preset,
-    show_default=True,
-    callback=check_preset,
-    help="Model preset (training/model.py): tiny, small, base, tiny-moe, small-moe, base-moe. Sizes depend "
+PRESET_HELP = (
+    "Model preset (training/model.py): tiny, small, base, tiny-moe, small-moe, base-moe. Sizes depend "
     "on the corpus vocabulary: small is ~26M parameters with an 8k vocabulary, ~50M with 32k; base ~125M "
-    "with 32k.",
+    "with 32k."
+)
+preset_option = click.option(
+    "--preset", default=TrainConfig.preset, show_default=True, callback=check_preset, help=PRESET_HELP
+)
+time_budget_option = click.option(
+    "--time-budget",
+    type=Duration(),
+    default=None,
+    help="Train for this long (90s, 30m, 2h; evaluation not counted): the learning rate decays over it.",
 )
 max_steps_option = click.option(
     "--max-steps",
@@ -63,49 +69,67 @@ nproc_option = click.option(
 @click.option(
     "--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder."
 )
-@preset_option
-@max_steps_option
 @nproc_option
+@config_options(TrainConfig, skip={"corpus", "run_dir"}, helps={"preset": PRESET_HELP})
 @click.pass_context
-def train(ctx: click.Context, corpus: Path, run_dir: Path, preset: str, max_steps: int, nproc: int) -> None:
+def train(ctx: click.Context, corpus: Path, run_dir: Path, nproc: int, **params) -> None:
     """Train a GPT on a corpus, or continue the run in RUN from its newest valid checkpoint.
 
-    Any further option goes to the trainer as is: every TrainConfig field (--batch-size, --lr,
-    --eval-every, --checkpoint-every, --compile true, ...) and every ModelConfig field (--n-layer,
-    --n-embd, --n-experts, ...). `python -m training.train --help` lists them all.
+    Stop on steps (--max-steps) or on time (--time-budget 30m: the learning rate decays over the
+    budget; --max-steps none for no step limit). Every ModelConfig field is a model override too
+    (--n-layer, --n-embd, --n-experts, ...; `python -m training.train --help` lists them).
     """
-    from training.train import (
-        SUMMARY_KEYS,
-        check_before_launch,
-        config_from_args,
-        exit_code,
-        run_torchrun,
-    )
-    from training.train import train as run_training
+    config = TrainConfig(corpus=str(corpus), run_dir=str(run_dir), **pick(TrainConfig, params))
+    if ctx.args:  # model overrides (or a mistyped flag: one line from the parser)
+        from training.train import config_from_args
 
-    argv = [
-        "--corpus",
-        str(corpus),
-        "--run-dir",
-        str(run_dir),
-        "--preset",
-        preset,
-        "--max-steps",
-        str(max_steps),
-    ]
-    argv += list(ctx.args)
-    config = config_from_args(argv)  # a bad flag or value stops here, as one line
+        config = config_from_args(config_to_args(config) + list(ctx.args))
+    sys.exit(launch("training.train", config, nproc))
+
+
+def launch(module: str, config, nproc: int) -> int:
+    """Run a config in this process, or under torchrun on `nproc` processes; prints the summary line."""
+    from training.loop import SUMMARY_KEYS, exit_code, run_launcher, torchrun_command
+
     if nproc > 1:
-        # torchrun's own report of a failed rank is long: refuse bad input here first, then let the
-        # ranks skip the sha256 pass this just made.
-        check_before_launch(config)
-        code, summary = run_torchrun(nproc, [*argv, "--verify-shards", "false"])
+        # torchrun's own report of a failed rank is long: refuse bad input here first
+        check_before_launch(module, config)
+        args = config_to_args(config)
+        if hasattr(config, "verify_shards"):
+            args += ["--verify-shards", "false"]  # checked just now: the ranks skip the sha256 pass
+        code, summary = run_launcher(torchrun_command(module, nproc, args))
     else:
-        summary = run_training(config)
+        summary = run_in_process(module, config)
         code = exit_code(summary)
     if summary is not None:
         click.echo(json.dumps({k: summary.get(k) for k in SUMMARY_KEYS}))
-    sys.exit(code)
+    return code
+
+
+def check_before_launch(module: str, config) -> None:
+    if module == "training.train":
+        from training.train import check_before_launch as check
+
+        check(config)
+
+
+def run_in_process(module: str, config) -> dict:
+    import importlib
+
+    from training.loop import run_task
+
+    task_class = {
+        "training.train": "PretrainTask",
+        "training.sft": "SFTTask",
+        "training.classify": "ClassifyTask",
+    }
+    return run_task(getattr(importlib.import_module(module), task_class[module])(config))
+
+
+def config_to_args(config) -> list[str]:
+    from training.loop import config_to_args as to_args
+
+    return to_args(config)
 
 
 def _checkpoint_of(run_dir: Path | None, checkpoint_dir: Path | None) -> Path:
