@@ -16,6 +16,7 @@ import pytest
 import torch
 from corpus_factory import random_books, reference_stream, write_corpus
 
+from common.errors import UserError
 from training import checkpoint as ckpt
 from training.evaluate import evaluate
 from training.metrics import read_metrics
@@ -371,3 +372,82 @@ def test_config_survives_the_command_line():
         model_overrides={"n_layer": 3, "moe_impl": "loop", "rope_theta": 5e5},
     )
     assert config_from_args(config_to_args(c)) == c
+
+
+@pytest.mark.slow
+def test_two_torchrun_nodes_equal_one_process(corpus, tmp_path, monkeypatch):
+    """Multi-node for real: two torchrun launchers (--nnodes 2, c10d rendezvous on 127.0.0.1, gloo),
+    one process each, give the losses and weights of one process reading both data shards."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    multi, single = tmp_path / "multi", tmp_path / "single"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    argv = cli_args(corpus, multi, 4, checkpoint_every=100)
+    launchers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes=2",
+                "--nproc_per_node=1",
+                f"--node_rank={node}",
+                "--rdzv_backend=c10d",
+                f"--rdzv_endpoint=127.0.0.1:{port}",
+                "--rdzv_id=ptgpt-test",
+                "--master_addr=127.0.0.1",
+                "-m",
+                "training.train",
+                *argv,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+        )
+        for node in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300) for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], [err[-2000:] for _, err in outputs]
+    train(tiny_config(corpus, single, max_steps=4, checkpoint_every=100, data_shards=2, grad_accum=2))
+    a, b = losses(multi), losses(single)
+    assert list(a) == list(b) == [1, 2, 3, 4]
+    assert np.allclose(list(a.values()), list(b.values()), rtol=0, atol=1e-5)
+    wa, wb = final_weights(multi), final_weights(single)
+    assert all(torch.allclose(wa[k], wb[k], rtol=0, atol=1e-5) for k in wa)
+    assert json.loads((multi / "config.json").read_text())["world_size"] == 2
+
+
+def test_time_budget_stops_on_time_and_a_larger_budget_continues(corpus, tmp_path):
+    """A 20-second budget (no step limit) stops within a step of it, checkpoints, and decays the
+    learning rate to its floor; rerun with 25 s it continues from that checkpoint and its clock."""
+    run = tmp_path / "budget"
+    c = tiny_config(corpus, run, max_steps=None, time_budget="20s", checkpoint_every=10_000, warmup_steps=2)
+    first = train(c)
+    records = read_metrics(run)
+    step_time = first["train_seconds"] / first["step"]
+    assert 20 <= first["train_seconds"] <= 20 + 3 * step_time + 1
+    assert first["interrupted"] is None and first["step"] > 10
+    assert records[-1]["lr"] < 0.2 * c.lr  # near min_lr (0.1 lr) at the end of the budget
+    assert [s for s, _ in ckpt.list_step_dirs(run)] == [first["step"]]
+    second = train(tiny_config(corpus, run, max_steps=None, time_budget="25s", checkpoint_every=10_000))
+    assert second["start_step"] == first["step"] and second["step"] > first["step"]
+    assert 25 <= second["train_seconds"] <= 25 + 3 * step_time + 1
+    assert second["train_seconds_this_call"] < 5 + 3 * step_time + 1
+    assert read_metrics(run)[-1]["lr"] < 0.2 * c.lr
+
+
+def test_a_run_folder_holds_one_kind_of_run(corpus, tmp_path):
+    from training.config import SFTConfig
+    from training.sft import sft
+
+    run = tmp_path / "pre"
+    train(tiny_config(corpus, run, max_steps=3))
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"prompt": "Olá", "response": "Bom dia."}) + "\n")
+    with pytest.raises(UserError, match="base run itself"):
+        sft(SFTConfig(base=str(run), data=str(data), run_dir=str(run), progress=False))

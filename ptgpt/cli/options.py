@@ -74,6 +74,9 @@ def config_options(
     for f in sorted(fields(cls), key=lambda f: f.name not in own):
         if f.name in skip or f.name == "model_overrides":
             continue
+        if f.name == "progress":  # spelled as everywhere else in ptgpt
+            options.append(click.option("--quiet", is_flag=True, help="No progress bar."))
+            continue
         default = defaults.get(f.name, f.default if f.default is not MISSING else None)
         help_text = helps.get(f.name) or field_help(cls, f.name)
         options.append(
@@ -98,4 +101,7 @@ def config_options(
 def pick(cls: type, params: dict) -> dict:
     """The entries of params that are fields of cls."""
     names = {f.name for f in fields(cls)}
-    return {k: v for k, v in params.items() if k in names}
+    picked = {k: v for k, v in params.items() if k in names}
+    if "progress" in names and "quiet" in params:
+        picked["progress"] = not params["quiet"]
+    return picked
