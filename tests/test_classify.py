@@ -118,3 +118,45 @@ def test_cli_classify_a_csv(base, tmp_path):
     result = CliRunner().invoke(main, [*args, "--epochs", "1", "--threads", "1"])
     assert result.exit_code == 0, result.output
     assert "majority" in result.output and "bag-of-words" in result.output and "model" in result.output
+
+
+def test_classifier_resume_is_exact(base, tmp_path):
+    """The third kind of run resumes bit-exactly too: head, body, AdamW state and data order."""
+    from training import checkpoint as ckpt
+    from training.metrics import read_metrics
+
+    rows = [(f"O mar e o barco numero {i}.", "mar") for i in range(12)]
+    rows += [(f"A serra e o pinhal numero {i}.", "serra") for i in range(12)]
+
+    def config(run, steps):
+        return ClassifyConfig(
+            base=str(base),
+            run_dir=str(run),
+            max_steps=steps,
+            batch_size=4,
+            threads=1,
+            checkpoint_every=3,
+            progress=False,
+        )
+
+    train_classifier(config(tmp_path / "straight", 6), rows, rows[::4], progress=False)
+    train_classifier(config(tmp_path / "resumed", 3), rows, rows[::4], progress=False)
+    train_classifier(config(tmp_path / "resumed", 6), rows, rows[::4], progress=False)
+    a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "straight")}
+    b = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "resumed")}
+    assert a == b and len(a) == 6
+    ha = load_classifier(tmp_path / "straight" / "model")[0].state_dict()
+    hb = load_classifier(tmp_path / "resumed" / "model")[0].state_dict()
+    assert all(torch.equal(ha[k], hb[k]) for k in ha)
+    assert [s for s, _ in ckpt.list_step_dirs(tmp_path / "resumed")] == [6]  # keep_last 1
+
+
+def test_split_keeps_every_class_in_training_and_refuses_unseen_labels(base, tmp_path):
+    from training.classify import split_rows
+
+    rows = [("a b c", "x")] * 10 + [("d e f", "y")] * 3 + [("g h i", "z")]
+    train, test = split_rows(rows, 0.5, seed=0)
+    assert {y for _, y in train} == {"x", "y", "z"} and {y for _, y in test} <= {"x", "y"}
+    c = ClassifyConfig(base=str(base), run_dir=str(tmp_path / "run"), threads=1, progress=False)
+    with pytest.raises(UserError, match="never seen in training"):
+        train_classifier(c, [("a", "x"), ("b", "y")], [("c", "w")], progress=False)

@@ -273,3 +273,76 @@ def test_chat_repl_keeps_history_drops_old_turns_and_resets(corpus, base, tmp_pa
 def test_chat_refuses_a_model_that_was_not_tuned(base):
     result = CliRunner().invoke(main, ["chat", "--run", str(base), "--prompt", "Olá"])
     assert result.exit_code == 1 and "Error:" in result.output and "sft" in result.output
+
+
+def test_sft_sigterm_checkpoints_then_resumes_exactly(corpus, base, tmp_path):
+    """SIGTERM mid-run: the step finishes, a checkpoint is written (none was due), exit 143; the
+    rerun continues to the same losses and weights as a run never stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = write_items(tmp_path / "data.jsonl", corpus)
+    straight = sft(sft_config(base, data, tmp_path / "straight", max_steps=400, checkpoint_every=1000))
+    run = tmp_path / "stopped"
+    argv = ["--base", str(base), "--data", str(data), "--run-dir", str(run), "--max-steps", "400"]
+    argv += ["--batch-size", "4", "--lr", "0.003", "--warmup-steps", "2", "--checkpoint-every", "1000"]
+    argv += ["--log-every", "1", "--progress", "false", "--plot", "false"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.sft", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run / "metrics.jsonl"
+    for _ in range(600):  # wait until it trains, then stop it mid-run
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    steps = [s for s, _ in ckpt.list_step_dirs(run)]
+    assert len(steps) == 1 and 5 <= steps[0] < 400
+    resumed = sft(sft_config(base, data, run, max_steps=400, checkpoint_every=1000))
+    assert resumed["start_step"] == steps[0]
+    a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "straight")}
+    b = {r["step"]: r["loss"] for r in read_metrics(run)}
+    assert a == b
+    wa = ckpt.load_model(straight["checkpoint"]).state_dict()
+    wb = ckpt.load_model(resumed["checkpoint"]).state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+@pytest.mark.slow
+def test_sft_under_torchrun_matches_one_process(corpus, base, tmp_path):
+    """Two gloo processes each take half of every global batch of 8; one process with batch 8 sees
+    the same conversations, so the losses agree up to float summation order."""
+    import os
+
+    from training.loop import run_launcher, torchrun_command
+
+    data = write_items(tmp_path / "data.jsonl", corpus)
+    single = sft(sft_config(base, data, tmp_path / "single", max_steps=4, batch_size=8, threads=1))
+    argv = ["--base", str(base), "--data", str(data), "--run-dir", str(tmp_path / "ddp"), "--max-steps", "4"]
+    argv += ["--batch-size", "4", "--lr", "0.003", "--warmup-steps", "2", "--checkpoint-every", "3"]
+    argv += ["--log-every", "1", "--progress", "false", "--plot", "false", "--threads", "1"]
+    os.environ["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    code, summary = run_launcher(torchrun_command("training.sft", 2, argv))
+    assert code == 0 and summary["step"] == 4
+    a = [r["loss"] for r in read_metrics(tmp_path / "single")]
+    b = [r["loss"] for r in read_metrics(tmp_path / "ddp")]
+    assert len(a) == len(b) == 4
+    assert all(abs(x - y) < 2e-2 * max(1.0, abs(x)) for x, y in zip(a, b, strict=True))
+    assert single["step"] == 4
+
+
+def test_sft_refuses_a_non_utf8_file_with_its_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'{"prompt": "ok", "response": "ok"}\n{"prompt": "caf\xe9", "response": "x"}\n')
+    with pytest.raises(UserError, match="line 2: not UTF-8"):
+        read_conversations(path)
