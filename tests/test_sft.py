@@ -285,9 +285,9 @@ def test_sft_sigterm_checkpoints_then_resumes_exactly(corpus, base, tmp_path):
     import time
 
     data = write_items(tmp_path / "data.jsonl", corpus)
-    straight = sft(sft_config(base, data, tmp_path / "straight", max_steps=400, checkpoint_every=1000))
+    straight = sft(sft_config(base, data, tmp_path / "straight", max_steps=200, checkpoint_every=1000))
     run = tmp_path / "stopped"
-    argv = ["--base", str(base), "--data", str(data), "--run-dir", str(run), "--max-steps", "400"]
+    argv = ["--base", str(base), "--data", str(data), "--run-dir", str(run), "--max-steps", "200"]
     argv += ["--batch-size", "4", "--lr", "0.003", "--warmup-steps", "2", "--checkpoint-every", "1000"]
     argv += ["--log-every", "1", "--progress", "false", "--plot", "false"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -307,8 +307,8 @@ def test_sft_sigterm_checkpoints_then_resumes_exactly(corpus, base, tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     steps = [s for s, _ in ckpt.list_step_dirs(run)]
-    assert len(steps) == 1 and 5 <= steps[0] < 400
-    resumed = sft(sft_config(base, data, run, max_steps=400, checkpoint_every=1000))
+    assert len(steps) == 1 and 5 <= steps[0] < 200
+    resumed = sft(sft_config(base, data, run, max_steps=200, checkpoint_every=1000))
     assert resumed["start_step"] == steps[0]
     a = {r["step"]: r["loss"] for r in read_metrics(tmp_path / "straight")}
     b = {r["step"]: r["loss"] for r in read_metrics(run)}
