@@ -48,7 +48,9 @@ def seconds(fn) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--old-messages", type=int, default=500)
     parser.add_argument("--tokens", type=int, default=128)
@@ -74,7 +76,9 @@ def main() -> None:
         ("sampled", SamplingConfig(args.tokens, 0.8, 50, 0.95, seed=0)),
     ):
         s = seconds(lambda c=sampling: continue_ids(model, prompt, c))
-        b = seconds(lambda c=sampling: model.generate(batch, c.max_new_tokens, c.temperature, c.top_k, c.top_p))
+        b = seconds(
+            lambda c=sampling: model.generate(batch, c.max_new_tokens, c.temperature, c.top_k, c.top_p)
+        )
         print(
             f"decode {name}, tiny preset, 1 thread: {args.tokens / s:,.0f} tokens/s for one prompt, "
             f"{8 * args.tokens / b:,.0f} tokens/s for a batch of 8"
