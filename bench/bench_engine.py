@@ -5,7 +5,8 @@
 fit_history is timed on a conversation of --messages turns (the server's hostile request) next to the
 old fit, which re-encoded the whole conversation for every dropped turn (timed on fewer turns, where
 it finishes). Decoding: a tiny-preset model on the sample-book tokenizer, greedy and sampled, one
-prompt (chat's stream_tokens) and a batch of 8 (GPT.generate); both run the same engine loop.
+prompt (chat's stream_tokens) and a batch of 8 (GPT.generate); then 1, 4 and 16 concurrent
+requests one after another vs together (decode_batch). All run the same engine loop.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from chat_factory import write_sample_corpus  # noqa: E402
 
 from training.chat import encode_chat, fit_history, load_chat_tokenizer  # noqa: E402
-from training.engine import SamplingConfig, continue_ids  # noqa: E402
+from training.engine import SamplingConfig, continue_ids, decode_batch  # noqa: E402
 from training.model import GPT, ModelConfig  # noqa: E402
 
 
@@ -82,6 +83,25 @@ def main() -> None:
         print(
             f"decode {name}, tiny preset, 1 thread: {args.tokens / s:,.0f} tokens/s for one prompt, "
             f"{8 * args.tokens / b:,.0f} tokens/s for a batch of 8"
+        )
+    bench_batches(model, tok, args.tokens)
+
+
+def bench_batches(model, tok, tokens: int) -> None:
+    """Concurrent requests: n prompts of different lengths answered one after another (the server
+    today) or together through decode_batch, seeded sampling, tokens/s over all of them."""
+    continue_ids(model, tok.encode("Era"), SamplingConfig(8, 0.8))  # warm up
+    texts = ["Era uma vez", "O rio corria devagar entre as pedras", "Disse-lhe a mãe que", "Capítulo I"]
+    for n in (1, 4, 16):
+        prompts = [tok.encode(texts[i % 4] * (1 + i % 3)) for i in range(n)]
+        samplings = [SamplingConfig(tokens, 0.8, 50, seed=i) for i in range(n)]
+        solo = seconds(
+            lambda p=prompts, c=samplings: [continue_ids(model, x, s) for x, s in zip(p, c, strict=True)]
+        )
+        together = seconds(lambda p=prompts, c=samplings: list(decode_batch(model, p, c, [[]] * len(p))))
+        print(
+            f"{n:2d} concurrent requests x {tokens} tokens: one after another {n * tokens / solo:,.0f} "
+            f"tokens/s, batched {n * tokens / together:,.0f} tokens/s ({solo / together:.1f}x)"
         )
 
 

@@ -22,6 +22,7 @@ from training.engine import (
     SamplingConfig,
     SamplingError,
     continue_ids,
+    decode_batch,
     sample_texts,
     stream_text,
     stream_tokens,
@@ -200,3 +201,28 @@ def test_lone_surrogates_in_messages_are_refused(tok) -> None:
     with pytest.raises(ValueError, match="not valid Unicode"):
         check_messages([{"role": "user", "content": "ol\udcff"}])
     assert check_messages([{"role": "user", "content": "olá 🌊"}])[0]["content"] == "olá 🌊"
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-moe"])
+def test_a_batch_of_prompts_gives_each_its_solo_reply(name) -> None:
+    """decode_batch (several requests in one forward per step) left-pads the prompts and hides the pads:
+    each row's tokens are those of the same request alone, greedy or seeded, with its own stops."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.preset(name, max_seq_len=48))
+    prompts = [[7, 8, 9], list(range(20, 40)), [100], list(range(300, 310))]
+    samplings = [
+        SamplingConfig(12, 0.0, None),
+        SamplingConfig(6, 1.0, 50, 0.9, seed=1),
+        SamplingConfig(20, 0.7, None, seed=2),
+        SamplingConfig(3, 1.2, 5, seed=3),
+    ]
+    solo = [continue_ids(model, p, s) for p, s in zip(prompts, samplings, strict=True)]
+    stops = [[], [], [solo[2][5]], []]  # the third row stops where its solo reply has this token
+    solo[2] = solo[2][: solo[2].index(stops[2][0])]
+    rows = [[] for _ in prompts]
+    for step in decode_batch(model, prompts, samplings, stops):
+        for row, token in zip(rows, step, strict=True):
+            if token is not None:
+                row.append(token)
+    assert rows == solo
+    assert model.training  # back in the mode it was in

@@ -2,11 +2,13 @@
 
     SamplingConfig.validated()   the one place sampling values are checked (CLI, server, library calls)
     sample_next_token            temperature, top-k, top-p over a (B, V) batch of logits
-    decode                       the loop: prefill, KV cache, sliding window past the context, stop ids
+    _loop                        the loop: prefill, KV cache, sliding window past the context
+    decode                       rows sampled alike, stop ids
+    decode_batch                 prompts of different lengths, each with its own sampling, in one forward
     generate, continue_ids, stream_tokens, sample_texts   what callers use
     stream_text                  text pieces as tokens arrive, safe for byte-fallback pieces
 
-Every caller goes through `decode`, so a fix to caching, sliding or stopping reaches all of them.
+Every caller goes through `_loop`, so a fix to caching, sliding or stopping reaches all of them.
 """
 
 from __future__ import annotations
@@ -109,6 +111,54 @@ def room_for(model: GPT, n_prompt: int, max_new_tokens: int) -> int:
     return min(max_new_tokens, model.config.max_seq_len - n_prompt)
 
 
+# A chooser turns the last logits (B, V) and the step number into the next tokens (B,) and whether any
+# row goes on; `_loop` does the rest.
+Chooser = Callable[[torch.Tensor, int], tuple[torch.Tensor, bool]]
+
+
+def _loop(
+    model: GPT,
+    ids: torch.Tensor,
+    n_new: int,
+    choose: Chooser,
+    slide: bool = False,
+    key_mask: torch.Tensor | None = None,
+) -> Iterator[torch.Tensor]:
+    """The one decoding loop: prefill, then one cached forward per new token, for up to n_new steps.
+
+    With `slide`, generation goes past the context: when the cache is full it is recomputed over the
+    last max_seq_len // 2 tokens, so each new token sees between half and all of a context, and the
+    recomputation happens once every max_seq_len // 2 tokens. key_mask (B, T + n_new): False at left
+    padding (never with slide). The model is in eval mode meanwhile, and back in its mode after.
+    """
+    context = model.config.max_seq_len
+    keep = max(1, context // 2)  # tokens the cache is recomputed over when it is full
+    was_training = model.training
+    model.eval()
+    try:
+        length = min(context, ids.shape[1] + n_new)
+        cache = KVCache(model.config, ids.shape[0], length, ids.device, model.tok_emb.weight.dtype)
+        cache.key_mask = key_mask
+        logits = model(ids, kv_cache=cache).logits[:, -1]
+        recent = [ids]  # what the window is recomputed from
+        for step in range(n_new):
+            nxt, more = choose(logits, step)
+            yield nxt
+            if step == n_new - 1 or not more:
+                return
+            if slide and cache.pos == cache.max_len:  # full: recompute over the last `keep`
+                window = torch.cat([*recent, nxt[:, None]], dim=1)[:, -keep:]
+                recent = [window]
+                cache.pos = 0
+                logits = model(window, kv_cache=cache).logits[:, -1]
+            else:
+                if slide:
+                    recent.append(nxt[:, None])
+                logits = model(nxt[:, None], kv_cache=cache).logits[:, -1]
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()  # not inference_mode: callers may feed the returned ids to a training forward
 def decode(
     model: GPT,
@@ -118,13 +168,11 @@ def decode(
     slide: bool = False,
     generator: torch.Generator | None = None,
 ) -> Iterator[torch.Tensor]:
-    """Yield the next token of every row of ids (B, T), one (B,) tensor per step, KV-cached.
+    """Yield the next token of every row of ids (B, T), one (B,) tensor per step, all rows sampled alike.
 
     A row that produced a stop id goes on producing stop_ids[0]; the loop ends when every row has
     stopped or after max_new_tokens steps. Without `slide` the prompt plus the reply stay inside the
-    context (max_new_tokens shrinks to fit). With `slide`, generation goes past the context: when the
-    cache is full it is recomputed over the last max_seq_len // 2 tokens, so each new token sees between
-    half and all of a context, and the recomputation happens once every max_seq_len // 2 tokens.
+    context (max_new_tokens shrinks to fit); with it, generation slides past the context (`_loop`).
     The prompt itself must fit the context (callers crop it and say so). `generator` overrides the
     one the sampling seed would make (several calls sharing one seeded stream).
     """
@@ -143,34 +191,17 @@ def decode(
     if generator is None:
         generator = sampling.generator(ids.device)
     stop = torch.tensor(list(stop_ids), dtype=ids.dtype, device=ids.device) if stop_ids else None
-    keep = max(1, context // 2)  # tokens the cache is recomputed over when it is full
-    was_training = model.training
-    model.eval()
-    try:
-        cache = KVCache(
-            model.config, ids.shape[0], min(context, n_prompt + n_new), ids.device, model.tok_emb.weight.dtype
-        )
-        logits = model(ids, kv_cache=cache).logits[:, -1]
-        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        recent = [ids]  # what the window is recomputed from
-        for step in range(n_new):
-            nxt = sample_next_token(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
-            if stop is not None:
-                nxt = torch.where(done, stop[0], nxt)
-                done |= torch.isin(nxt, stop)
-            yield nxt
-            if step == n_new - 1 or (stop is not None and bool(done.all())):
-                return
-            if cache.pos == cache.max_len:  # full (only when sliding): recompute over the last `keep`
-                window = torch.cat([*recent, nxt[:, None]], dim=1)[:, -keep:]
-                recent = [window]
-                cache.pos = 0
-                logits = model(window, kv_cache=cache).logits[:, -1]
-            else:
-                recent.append(nxt[:, None])
-                logits = model(nxt[:, None], kv_cache=cache).logits[:, -1]
-    finally:
-        model.train(was_training)
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+
+    def choose(logits: torch.Tensor, step: int) -> tuple[torch.Tensor, bool]:
+        nxt = sample_next_token(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
+        if stop is None:
+            return nxt, True
+        nxt = torch.where(done, stop[0], nxt)
+        done.logical_or_(torch.isin(nxt, stop))
+        return nxt, not bool(done.all())
+
+    yield from _loop(model, ids, n_new, choose, slide)
 
 
 def generate(
@@ -215,6 +246,62 @@ def continue_ids(
     """The new ids after prompt (a stop id ends them and is left out). Eval's greedy continuations:
     continue_ids(model, ids, SamplingConfig(n, temperature=0.0, top_k=None))."""
     return list(stream_tokens(model, prompt, stop_ids, sampling, slide, generator))
+
+
+@torch.no_grad()
+def decode_batch(
+    model: GPT,
+    prompts: Sequence[list[int]],
+    samplings: Sequence[SamplingConfig],
+    stop_ids: Sequence[Iterable[int]],
+) -> Iterator[list[int | None]]:
+    """Several prompts, each with its own sampling and stop ids, decoded together: one forward per
+    step for all of them (the server's waiting requests). Yields, per step, one entry per prompt: its
+    new token, or None once it has stopped (a stop id is not yielded) or reached its length.
+
+    The prompts are left-padded to the longest and the pads hidden from attention (KVCache.key_mask).
+    RoPE makes a score depend only on the distance between two positions, so shifting a row by its
+    padding changes its tokens by rounding only: greedy and seeded replies are a solo call's. All rows
+    share the padded length in the context: a row gets at most max_seq_len - (longest prompt) tokens,
+    so batch prompts of similar length (or give a row that needs more room its own call).
+    """
+    samplings = [s.validated() for s in samplings]
+    if not prompts or not len(prompts) == len(samplings) == len(stop_ids) or min(map(len, prompts)) == 0:
+        raise ValueError("decode_batch needs one non-empty prompt, one sampling and one stop set per row")
+    context, width = model.config.max_seq_len, max(map(len, prompts))
+    if width >= context:
+        raise ValueError(f"the longest prompt ({width} tokens) leaves no room in a {context}-token context")
+    device = model.tok_emb.weight.device
+    lengths = [min(s.max_new_tokens, context - width) for s in samplings]
+    steps = max(lengths)
+    if steps == 0:
+        return
+    stops = [set(s) for s in stop_ids]
+    generators = [s.generator(device) for s in samplings]
+    ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+    key_mask = torch.ones(len(prompts), width + steps, dtype=torch.bool, device=device)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        key_mask[i, : width - len(p)] = False
+    live = [n > 0 for n in lengths]
+    tokens: list[int | None] = []
+
+    def choose(logits: torch.Tensor, step: int) -> tuple[torch.Tensor, bool]:
+        tokens.clear()
+        for i, s in enumerate(samplings):
+            token = None
+            if live[i]:
+                row = logits[i : i + 1]
+                token = int(sample_next_token(row, s.temperature, s.top_k, s.top_p, generators[i]))
+                if token in stops[i]:
+                    token, live[i] = None, False
+                elif step == lengths[i] - 1:
+                    live[i] = False
+            tokens.append(token)
+        return torch.tensor([t or 0 for t in tokens], dtype=torch.long, device=device), any(live)
+
+    for _ in _loop(model, ids, steps, choose, key_mask=key_mask):
+        yield list(tokens)
 
 
 def text_of(tok, ids: Iterable[int]) -> str:

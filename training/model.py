@@ -230,6 +230,9 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0  # number of positions already stored
         self.max_len = max_len
+        # (B, max_len), False at the left padding of a batch of prompts (training/engine.py:decode_batch):
+        # no query attends to those keys. None: every position is real.
+        self.key_mask: torch.Tensor | None = None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions of one layer; return all keys/values so far for that layer."""
@@ -274,6 +277,12 @@ class Attention(nn.Module):
         mask, causal = None, Tq == Tk
         if Tq != Tk and Tq > 1:
             mask = torch.ones(Tq, Tk, dtype=torch.bool, device=x.device).tril(diagonal=Tk - Tq)
+        if kv_cache is not None and kv_cache.key_mask is not None:
+            # Left padding: keys at pads are hidden, except from the pad query itself (a query that sees
+            # nothing gives NaN, which the zero weights of later queries would not cancel).
+            seen = torch.ones(Tq, Tk, dtype=torch.bool, device=x.device).tril(diagonal=Tk - Tq)
+            itself = seen & ~seen.tril(diagonal=Tk - Tq - 1)
+            mask, causal = (seen & kv_cache.key_mask[:, None, None, :Tk]) | itself, False
         gqa = {}
         if self.n_kv_head != self.n_head:
             # Only the flash kernels (half precision, no explicit mask) read shared key/value heads
