@@ -28,8 +28,6 @@ from common.errors import UserError
 from training.engine import SamplingConfig, room_for, stream_text, stream_tokens
 from training.model import GPT
 
-__all__ = ["ChatSession", "Reply", "SamplingConfig", "load_chat_session", "stream_text", "stream_tokens"]
-
 SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 ROLES = ("system", "user", "assistant")
 TEMPLATE_NAME = "ptgpt-chat-1"  # recorded in checkpoints; bump when the layout above changes
