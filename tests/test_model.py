@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from training.checkpoint import latest_checkpoint, load_model, read_checkpoint_config, save_model
+from training.engine import sample_next_token
 from training.model import (
     GPT,
     IGNORE_INDEX,
@@ -18,7 +19,6 @@ from training.model import (
     ModelConfig,
     MoE,
     rope_tables,
-    sample_next_token,
 )
 
 

@@ -267,7 +267,9 @@ def test_chat_repl_keeps_history_drops_old_turns_and_resets(corpus, base, tmp_pa
     assert "[conversation reset]" in result.output
     assert result.output.count("> ") >= 5  # one prompt per line read
     too_long = CliRunner().invoke(main, [*args, "--prompt", "palavra " * 300])
-    assert too_long.exit_code == 0 and "context" in too_long.output
+    assert too_long.exit_code == 1 and "Traceback" not in too_long.output  # refused: not a success
+    assert too_long.output.startswith("Error: --prompt:") and "context" in too_long.output
+    assert too_long.output.count("\n") == 1
 
 
 def test_chat_refuses_a_model_that_was_not_tuned(base):

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
-from training.model import GPT, KVCache, sample_next_token
-from training.precision import pick_device
+from training.engine import SamplingConfig, room_for, stream_text, stream_tokens
+from training.model import GPT
 
 SPECIAL_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 ROLES = ("system", "user", "assistant")
@@ -128,6 +128,11 @@ def check_messages(messages: object, where: str = "messages") -> list[dict]:
             raise ValueError(f"{where}[{i}].role is {m['role']!r}; expected one of {', '.join(ROLES)}")
         if not isinstance(m["content"], str):
             raise ValueError(f"{where}[{i}].content must be a string")
+        if not m["content"].isascii():
+            try:
+                m["content"].encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"{where}[{i}].content is not valid Unicode (a lone surrogate)") from None
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
@@ -198,18 +203,27 @@ def fit_history(tok: ChatTokenizer, messages: list[dict], max_tokens: int) -> tu
     """Drop the oldest turns (a leading system message stays) until the prompt fits in max_tokens.
 
     Returns (kept messages, number dropped). The last message always stays; a last message that alone
-    does not fit is an error for the caller to report.
+    does not fit is an error for the caller to report. Linear in what is kept: a message costs
+    <|role|> + its text + <|end|> on its own (encode_chat's layout), so the turns are measured once
+    each, newest first, and measuring stops at the first that no longer fits.
     """
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     turns = messages[len(system) :]
-    dropped = 0
-    while len(turns) > 1 and len(encode_chat(tok, system + turns, True)[0]) > max_tokens:
-        turns = turns[1:]
-        dropped += 1
-    while turns and turns[0]["role"] == "assistant" and len(turns) > 1:  # start on a user turn
-        turns = turns[1:]
-        dropped += 1
-    return system + turns, dropped
+
+    def size(m: dict) -> int:
+        return len(tok.encode_content(m["content"])) + 2
+
+    budget = max_tokens - 2 - sum(size(m) for m in system)  # BOS and the generation prompt
+    first = len(turns)  # turns[first:] are kept
+    while first > 0:
+        cost = size(turns[first - 1])
+        if first < len(turns) and cost > budget:
+            break
+        budget -= cost
+        first -= 1
+    while first < len(turns) - 1 and turns[first]["role"] == "assistant":  # start on a user turn
+        first += 1
+    return system + turns[first:], first
 
 
 # -----------------------------------------------------------------------------------------------
@@ -256,72 +270,7 @@ def chat_metadata(tok: ChatTokenizer) -> dict:
 
 
 # -----------------------------------------------------------------------------------------------
-# Generation, one token at a time
-
-
-@dataclass
-class SamplingConfig:
-    max_new_tokens: int = 256
-    temperature: float = 0.8  # 0: greedy
-    top_k: int | None = 50
-    top_p: float | None = None
-    seed: int | None = None
-
-
-@torch.no_grad()
-def stream_tokens(
-    model: GPT, prompt: list[int], stop_ids: set[int], sampling: SamplingConfig
-) -> Iterator[int]:
-    """Sample a continuation of `prompt` token by token (KV cache); stops before a stop id.
-
-    The prompt plus the reply never exceed the model's context: max_new_tokens shrinks to fit.
-    """
-    device = model.tok_emb.weight.device
-    room = model.config.max_seq_len - len(prompt)
-    if room < 1:
-        raise ValueError(
-            f"prompt of {len(prompt)} tokens leaves no room in a {model.config.max_seq_len}-token context"
-        )
-    n_new = min(sampling.max_new_tokens, room)
-    generator = None
-    if sampling.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(sampling.seed)
-    was_training = model.training
-    model.eval()
-    try:
-        cache = KVCache(model.config, 1, len(prompt) + n_new, device, model.tok_emb.weight.dtype)
-        logits = model(torch.tensor([prompt], device=device), kv_cache=cache).logits[:, -1]
-        for step in range(n_new):
-            nxt = int(
-                sample_next_token(logits, sampling.temperature, sampling.top_k, sampling.top_p, generator)
-            )
-            if nxt in stop_ids:
-                return
-            yield nxt
-            if step < n_new - 1:
-                logits = model(torch.tensor([[nxt]], device=device), kv_cache=cache).logits[:, -1]
-    finally:
-        model.train(was_training)
-
-
-def stream_text(tok: ChatTokenizer, tokens: Iterator[int]) -> Iterator[str]:
-    """Text pieces as tokens arrive. A character split over byte-fallback tokens is held back until
-    whole, and the text is decoded as a whole each time so SentencePiece's spacing stays right."""
-    ids: list[int] = []
-    sent = ""
-    for t in tokens:
-        if t >= tok.base_size:
-            continue  # a stray special token (not a stop id) is not shown
-        ids.append(t)
-        text = tok.sp.decode(ids)
-        if text.endswith("\ufffd"):
-            continue
-        if len(text) > len(sent) and text.startswith(sent):
-            yield text[len(sent) :]
-            sent = text
-    text = tok.sp.decode(ids)
-    if len(text) > len(sent) and text.startswith(sent):
-        yield text[len(sent) :]
+# Replies (the loop itself is training/engine.py's)
 
 
 @dataclass
@@ -360,22 +309,23 @@ class ChatSession:
         return ids, dropped
 
     def stream(self, prompt: list[int], sampling: SamplingConfig, chat: bool = True) -> Iterator[str | Reply]:
-        """Text pieces, then one final Reply."""
+        """Text pieces, then one final Reply. Sampling values are checked first (SamplingError)."""
+        sampling = sampling.validated()
         stop = {self.tok.end, self.tok.eos} if chat else {self.tok.eos}
-        count = [0]
+        count = 0
 
         def counted() -> Iterator[int]:
+            nonlocal count
             for t in stream_tokens(self.model, prompt, stop, sampling):
-                count[0] += 1
+                count += 1
                 yield t
 
         pieces = []
         for piece in stream_text(self.tok, counted()):
             pieces.append(piece)
             yield piece
-        limit = min(sampling.max_new_tokens, self.context - len(prompt))
-        reason = "length" if count[0] >= limit else "stop"
-        yield Reply("".join(pieces), reason, len(prompt), count[0])
+        reason = "length" if count >= room_for(self.model, len(prompt), sampling.max_new_tokens) else "stop"
+        yield Reply("".join(pieces), reason, len(prompt), count)
 
     def reply(self, messages: list[dict], sampling: SamplingConfig) -> Reply:
         prompt, _ = self.chat_prompt(messages, reserve=min(sampling.max_new_tokens, self.context // 2))
@@ -385,23 +335,17 @@ class ChatSession:
 
 def load_chat_session(run_or_checkpoint: str | Path, device: str = "cpu") -> ChatSession:
     """The model and tokenizer of an SFT run (or any checkpoint with chat rows) ready to chat."""
-    from training.checkpoint import load_model, newest_valid_checkpoint, read_checkpoint_config
+    from training.runs import load_run
 
-    path = Path(run_or_checkpoint)
-    checkpoint = newest_valid_checkpoint(path) if (path / "checkpoints").is_dir() else path
-    meta = read_checkpoint_config(checkpoint)
-    if not meta.get("tokenizer_path"):
-        raise UserError(f"{checkpoint}/config.json records no tokenizer_path")
-    tok = load_chat_tokenizer(meta["tokenizer_path"])
-    if "chat" not in meta:
+    run = load_run(run_or_checkpoint, device)
+    if not run.is_chat:
         raise UserError(
-            f"{checkpoint} is not a chat model (no chat template recorded): "
-            f"fine-tune it first with `ptgpt sft --base {path} ...`"
+            f"{run.checkpoint} is not a chat model (no chat template recorded): "
+            f"fine-tune it first with `ptgpt sft --base {run_or_checkpoint} ...`"
         )
-    if meta["chat"].get("special_tokens") != tok.special_ids():
-        raise UserError(f"{checkpoint} was tuned with other special token ids than its tokenizer gives")
-    model = load_model(checkpoint, device=pick_device(device))
-    return ChatSession(model, tok, name=path.name)
+    if run.meta["chat"].get("special_tokens") != run.tokenizer.special_ids():
+        raise UserError(f"{run.checkpoint} was tuned with other special token ids than its tokenizer gives")
+    return ChatSession(run.model, run.tokenizer, name=Path(run_or_checkpoint).name)
 
 
 # -----------------------------------------------------------------------------------------------

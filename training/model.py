@@ -2,7 +2,9 @@
 
 One file, read top to bottom:
 
-    ModelConfig (+ presets) -> RMSNorm -> RoPE -> Attention -> SwiGLU -> MoE -> Block -> GPT -> generate
+    ModelConfig (+ presets) -> RMSNorm -> RoPE -> Attention -> SwiGLU -> MoE -> Block -> GPT
+
+(generation, sampling and streaming live in training/engine.py)
 
 Architecture choices follow Llama / Mixtral exactly (RMSNorm with a weight, "rotate half" RoPE, no
 biases, SwiGLU, softmax-then-top-k router with renormalised weights) so that a checkpoint can be
@@ -228,6 +230,9 @@ class KVCache:
         self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.pos = 0  # number of positions already stored
         self.max_len = max_len
+        # (B, max_len), False at the left padding of a batch of prompts (training/engine.py:decode_batch):
+        # no query attends to those keys. None: every position is real.
+        self.key_mask: torch.Tensor | None = None
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store the new positions of one layer; return all keys/values so far for that layer."""
@@ -272,6 +277,12 @@ class Attention(nn.Module):
         mask, causal = None, Tq == Tk
         if Tq != Tk and Tq > 1:
             mask = torch.ones(Tq, Tk, dtype=torch.bool, device=x.device).tril(diagonal=Tk - Tq)
+        if kv_cache is not None and kv_cache.key_mask is not None:
+            # Left padding: keys at pads are hidden, except from the pad query itself (a query that sees
+            # nothing gives NaN, which the zero weights of later queries would not cancel).
+            seen = torch.ones(Tq, Tk, dtype=torch.bool, device=x.device).tril(diagonal=Tk - Tq)
+            itself = seen & ~seen.tril(diagonal=Tk - Tq - 1)
+            mask, causal = (seen & kv_cache.key_mask[:, None, None, :Tk]) | itself, False
         gqa = {}
         if self.n_kv_head != self.n_head:
             # Only the flash kernels (half precision, no explicit mask) read shared key/value heads
@@ -585,7 +596,6 @@ class GPT(nn.Module):
 
     # -- generation ------------------------------------------------------------------------------
 
-    @torch.no_grad()  # not inference_mode: callers may feed the returned ids to a training forward
     def generate(
         self,
         ids: torch.Tensor,
@@ -596,74 +606,15 @@ class GPT(nn.Module):
         eos: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Continue ids (B, T) by up to max_new_tokens tokens with a KV cache; returns (B, T + new).
+        """Continue ids (B, T) by up to max_new_tokens tokens; returns (B, T + new). The loop is
+        training/engine.py's `generate` (KV cache, sliding window past the context, stop ids, checked
+        sampling values); this keeps the call the trainer, eval and tests know.
 
-        temperature == 0 is greedy. top_k / top_p restrict sampling to the k most likely tokens / the
-        smallest set whose probability reaches p. With eos, a sequence that produced eos keeps
-        producing eos, and generation stops early once every sequence has.
-
-        Past the context (max_seq_len) generation goes on with a sliding window: when the cache is
-        full it is recomputed over the last max_seq_len // 2 tokens, so each new token sees between
-        half and all of a context, and the recomputation happens once every max_seq_len // 2 tokens.
-        The prompt itself must fit the context (callers crop it and say so).
+        temperature == 0 is greedy. With eos, a sequence that produced eos keeps producing eos, and
+        generation stops early once every sequence has.
         """
-        if ids.dim() != 2 or ids.shape[1] == 0:
-            raise ValueError(f"ids must be (batch, time) with time >= 1, got shape {tuple(ids.shape)}")
-        if temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
-        context = self.config.max_seq_len
-        if ids.shape[1] > context:
-            raise ValueError(f"the prompt ({ids.shape[1]} tokens) exceeds max_seq_len={context}: crop it")
-        keep = max(1, context // 2)  # tokens the cache is recomputed over when it is full
-        was_training = self.training
-        self.eval()
-        try:
-            cache = KVCache(self.config, ids.shape[0], context, ids.device, self.tok_emb.weight.dtype)
-            out = [ids]
-            if max_new_tokens == 0:
-                return ids
-            logits = self(ids, kv_cache=cache).logits[:, -1]
-            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-            for step in range(max_new_tokens):
-                nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
-                if eos is not None:
-                    nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-                    done |= nxt == eos
-                out.append(nxt[:, None])
-                if step == max_new_tokens - 1 or (eos is not None and bool(done.all())):
-                    break
-                if cache.pos == context:  # full: slide the window
-                    cache.pos = 0
-                    logits = self(torch.cat(out, dim=1)[:, -keep:], kv_cache=cache).logits[:, -1]
-                else:
-                    logits = self(nxt[:, None], kv_cache=cache).logits[:, -1]
-        finally:
-            self.train(was_training)
-        return torch.cat(out, dim=1)
+        from training.engine import SamplingConfig
+        from training.engine import generate as engine_generate
 
-
-def sample_next_token(
-    logits: torch.Tensor,
-    temperature: float,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """logits: (B, V) -> token ids (B,)."""
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(dim=-1)
-        # drop a token when the tokens before it already reach top_p (the most likely always stays)
-        drop = probs.cumsum(dim=-1) - probs >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
-    probs = logits.softmax(dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+        sampling = SamplingConfig(max_new_tokens, temperature, top_k, top_p)
+        return engine_generate(self, ids, sampling, () if eos is None else (eos,), generator)

@@ -48,8 +48,8 @@ def demo(out: Path, extra_books: int, vocab_size: int, max_steps: int, prompt: s
     from fakegutenberg.books import sample_books, sample_catalog_csv
     from fakegutenberg.mirror import GutenbergMirror, mirror_books_from_samples
     from pipelines.flows import corpus_and_train_flow
-    from training.checkpoint import load_model, newest_valid_checkpoint, read_checkpoint_config
-    from training.evaluate import generate_samples, load_tokenizer
+    from training.engine import SamplingConfig, sample_texts
+    from training.runs import load_run
 
     out = out.resolve()
     samples = sample_books(extra=extra_books)
@@ -72,11 +72,9 @@ def demo(out: Path, extra_books: int, vocab_size: int, max_steps: int, prompt: s
     result = state.result()
     click.echo(json.dumps(result, indent=2, default=str))
 
-    checkpoint = newest_valid_checkpoint(out / "run")
-    model = load_model(checkpoint)
-    tokenizer = load_tokenizer(read_checkpoint_config(checkpoint)["tokenizer_path"])
-    [text] = generate_samples(model, tokenizer, [prompt], max_new_tokens=60, temperature=0.8, top_k=50)
-    click.echo(f"\nsample from {checkpoint.name}:\n{text}")
+    run = load_run(out / "run", "cpu")
+    [text] = sample_texts(run.model, run.tokenizer, [prompt], SamplingConfig(60, 0.8, top_k=50, seed=1234))
+    click.echo(f"\nsample from {run.checkpoint.name}:\n{text}")
     if sft_steps:  # after pre-training: instruction tuning on the corpus's own questions, then a chat
         from ptgpt.cli.chat import demo_chat
 

@@ -205,28 +205,14 @@ def generate(
     device: str,
 ) -> None:
     """Continue prompts with a trained model, e.g. --prompt "Era uma vez"."""
-    from training.checkpoint import load_model, read_checkpoint_config
-    from training.evaluate import generate_samples, load_tokenizer
+    from training.engine import SamplingConfig, sample_texts
+    from training.runs import load_run
 
-    checkpoint = _checkpoint_of(run_dir, checkpoint_dir)
-    tokenizer_path = tokenizer_path or read_checkpoint_config(checkpoint).get("tokenizer_path")
-    if not tokenizer_path or not Path(tokenizer_path).is_file():
-        raise click.UsageError(f"no tokenizer found for {checkpoint}: pass --tokenizer")
-    device = _device(device)
-    model = load_model(checkpoint, device=device)
-    texts = generate_samples(
-        model,
-        load_tokenizer(tokenizer_path),
-        list(prompts),
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k or None,
-        top_p=top_p,
-        seed=seed,
-        device=device,
-        notify=lambda message: click.echo(f"note: {message}", err=True),
-    )
-    click.echo(f"# {checkpoint}", err=True)
+    sampling = SamplingConfig(max_new_tokens, temperature, top_k or None, top_p, seed).validated()
+    run = load_run(_checkpoint_of(run_dir, checkpoint_dir), _device(device), tokenizer_path)
+    notify = lambda message: click.echo(f"note: {message}", err=True)  # noqa: E731
+    texts = sample_texts(run.model, run.tokenizer, list(prompts), sampling, notify=notify)
+    click.echo(f"# {run.checkpoint}", err=True)
     for text in texts:
         click.echo(text)
         click.echo()
