@@ -128,11 +128,13 @@ def test_classifier_resume_is_exact(base, tmp_path):
     rows = [(f"O mar e o barco numero {i}.", "mar") for i in range(12)]
     rows += [(f"A serra e o pinhal numero {i}.", "serra") for i in range(12)]
 
-    def config(run, steps):
+    def config(run, steps):  # one schedule (decay_steps) for both, as for an interrupted run
         return ClassifyConfig(
             base=str(base),
             run_dir=str(run),
             max_steps=steps,
+            decay_steps=6,
+            log_every=1,
             batch_size=4,
             threads=1,
             checkpoint_every=3,

@@ -31,11 +31,12 @@ from safetensors.torch import load_file, save_file
 from common.errors import UserError
 from common.files import write_json_atomic, write_text_atomic
 from training import checkpoint as ckpt
+from training.chat import load_chat_tokenizer
 from training.config import ClassifyConfig
 from training.data import EpochSampler
 from training.loop import Dist, Loss, Run, Task, config_parser, run_task, task_main
 from training.model import GPT, ModelConfig
-from training.sft import resolve_checkpoint
+from training.runs import copy_tokenizer_into_run, find_checkpoint, find_tokenizer
 
 HEAD_FILE = "head.safetensors"
 
@@ -300,11 +301,10 @@ class ClassifyTask(Task):
         self.labels, self.train, self.test = labels, train, test
         self.train_y = [index[label] for _, label in train]
         self.test_y = [index[label] for _, label in test]
-        self.checkpoint = resolve_checkpoint(c.base)
+        self.checkpoint = find_checkpoint(c.base)
         self.meta = ckpt.read_checkpoint_config(self.checkpoint)
-        from training.evaluate import load_tokenizer
-
-        sp = load_tokenizer(self.meta["tokenizer_path"])
+        self.tokenizer_path = find_tokenizer(self.checkpoint, self.meta)
+        sp = load_chat_tokenizer(self.tokenizer_path).sp
         context = ModelConfig.from_dict(self.meta["model"]).max_seq_len
         self.max_len = min(c.max_len, context)
         self.train_x = encode_texts(sp, [t for t, _ in train], self.max_len)
@@ -413,7 +413,8 @@ class ClassifyTask(Task):
         last = self.history[-1] if self.history else {}
         report["model"] = {k: v for k, v in last.items() if k in ("accuracy", "macro_f1")}
         report["epochs"] = self.history
-        save_classifier(run.raw_model, Path(c.run_dir), self.labels, self.meta, c)
+        folder = save_classifier(run.raw_model, Path(c.run_dir), self.labels, self.meta, c)
+        copy_tokenizer_into_run(folder, self.tokenizer_path)  # RUN/model/ stands on its own
         write_json_atomic(Path(c.run_dir) / "report.json", report)
         self.report = report
 

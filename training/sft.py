@@ -26,22 +26,19 @@ from pathlib import Path
 import torch
 
 from common.errors import UserError
-from training import checkpoint as ckpt
 from training.chat import (
     ChatTokenizer,
-    SamplingConfig,
     add_chat_tokens,
     chat_metadata,
     check_messages,
     encode_chat,
-    load_chat_tokenizer,
-    stream_tokens,
 )
 from training.config import SFTConfig
 from training.data import EpochSampler
 from training.loop import Dist, Loss, Run, Task, config_parser, run_task, task_main
 from training.model import GPT, IGNORE_INDEX
-from training.train import RUN_TOKENIZER_FILE, copy_tokenizer_into_run
+from training.runs import TOKENIZER_FILE as RUN_TOKENIZER_FILE
+from training.runs import copy_tokenizer_into_run, find_checkpoint, load_run
 
 
 class DataError(UserError, ValueError):
@@ -148,25 +145,11 @@ def assistant_loss(model: GPT, examples: list, pad_id: int, batch_size: int, dev
 # Training
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder's best checkpoint, or the folder itself when it is a checkpoint."""
-    path = Path(path)
-    if (path / ckpt.CONFIG_FILE).is_file() and (path / ckpt.WEIGHTS_FILE).is_file():
-        return path
-    return ckpt.newest_valid_checkpoint(path)
-
-
-def load_base(base: str | Path, device: torch.device) -> tuple[GPT, ChatTokenizer, dict]:
-    """The base model with chat-token rows added (kept as they are if it was tuned before)."""
-    checkpoint = resolve_checkpoint(base)
-    meta = ckpt.read_checkpoint_config(checkpoint)
-    if not meta.get("tokenizer_path"):
-        raise UserError(f"{checkpoint}/config.json records no tokenizer_path: not a run of `ptgpt train`?")
-    tok = load_chat_tokenizer(meta["tokenizer_path"])
-    model = ckpt.load_model(checkpoint)
-    if "chat" not in meta:
-        model = add_chat_tokens(model, tok)
-    return model.to(device), tok, {**meta, "checkpoint": str(checkpoint.resolve())}
+def load_base(base: str | Path) -> tuple[GPT, ChatTokenizer, dict]:
+    """The base model (on the CPU) with chat-token rows added (kept as they are if it was tuned before)."""
+    loaded = load_run(base, device="cpu")
+    model = loaded.model if loaded.is_chat else add_chat_tokens(loaded.model, loaded.tokenizer)
+    return model, loaded.tokenizer, {**loaded.meta, "checkpoint": str(loaded.checkpoint.resolve())}
 
 
 class SFTTask(Task):
@@ -180,9 +163,9 @@ class SFTTask(Task):
     def prepare(self, d: Dist) -> None:
         c = self.c
         self.d = d
-        if Path(c.run_dir).resolve() == resolve_checkpoint(c.base).resolve().parents[1]:
+        if Path(c.run_dir).resolve() == find_checkpoint(c.base).resolve().parents[1]:
             raise UserError(f"--run {c.run_dir} is the base run itself: give the tuned model a new folder")
-        self.base_model, self.tok, self.base_meta = load_base(c.base, torch.device("cpu"))
+        self.base_model, self.tok, self.base_meta = load_base(c.base)
         context = self.base_model.config.max_seq_len
         self.max_len = min(c.max_len or context, context)
         self.train_examples, self.dropped = encode_examples(
@@ -205,7 +188,7 @@ class SFTTask(Task):
             self.sampler.load_state_dict(states["sampler"])
         run.flops_per_token = run.gpt.flops_per_token(self.max_len)
         if run.d.is_main:
-            copy_tokenizer_into_run(self.c.run_dir, self.base_meta["tokenizer_path"])
+            copy_tokenizer_into_run(self.c.run_dir, self.tok.path)
             where = (
                 f"resuming at step {run.step}"
                 if run.step
@@ -282,18 +265,6 @@ def config_from_args(argv: list[str] | None = None) -> SFTConfig:
 
 def main(argv: list[str] | None = None) -> int:
     return task_main(lambda a: SFTTask(config_from_args(a)), argv)
-
-
-# -----------------------------------------------------------------------------------------------
-# Scoring replies
-
-
-def greedy_reply(model: GPT, tok: ChatTokenizer, prompt: str, max_new_tokens: int = 48) -> str:
-    """The model's greedy answer to one user message in the chat template."""
-    ids, _ = encode_chat(tok, [{"role": "user", "content": prompt}], add_generation_prompt=True)
-    ids = ids[-(model.config.max_seq_len - 1) :]
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, top_k=None)
-    return tok.sp.decode(list(stream_tokens(model, ids, {tok.end, tok.eos}, sampling)))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,6 @@ the step. Under torchrun only rank 0 logs and writes checkpoints; all ranks read
 
 from __future__ import annotations
 
-import shutil
 import sys
 import warnings
 from collections.abc import Callable
@@ -51,10 +50,12 @@ from pathlib import Path
 
 import torch
 
+from training.chat import load_chat_tokenizer
 from training.config import ConfigError, TrainConfig
 from training.data import CorpusInfo, DevicePrefetcher, LoaderConfig, TokenWindowLoader, verify_shards
+from training.engine import SamplingConfig, sample_texts
 from training.eval_tasks import quick_eval
-from training.evaluate import evaluate, generate_samples, load_tokenizer
+from training.evaluate import SAMPLE_PROMPTS, evaluate
 from training.loop import (
     SUMMARY_KEYS,  # noqa: F401 - the CLI prints these
     Dist,
@@ -73,10 +74,11 @@ from training.loop import (
 from training.loop import torchrun_command as task_torchrun_command
 from training.model import ModelConfig
 from training.precision import choose_precision, cuda_capability
+from training.runs import TOKENIZER_FILE as RUN_TOKENIZER_FILE
+from training.runs import copy_tokenizer_into_run
 
 RUN_CONFIG_FILE = "config.json"
 SAMPLES_FILE = "samples.txt"
-RUN_TOKENIZER_FILE = "tokenizer.model"
 
 
 # -----------------------------------------------------------------------------------------------
@@ -147,17 +149,6 @@ def check_before_launch(c: TrainConfig) -> None:
     task = PretrainTask(c)
     task.prepare(Dist(), verify=True)
     find_resume_checkpoint(c, task)
-
-
-def copy_tokenizer_into_run(run_dir: str | Path, tokenizer_path: str | Path) -> Path:
-    """RUN/tokenizer.model: the run keeps its own tokenizer, so moving the corpus breaks nothing."""
-    target = Path(run_dir) / RUN_TOKENIZER_FILE
-    if not target.is_file() or target.read_bytes() != Path(tokenizer_path).read_bytes():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(tokenizer_path, tmp)
-        tmp.replace(target)
-    return target
 
 
 # -----------------------------------------------------------------------------------------------
@@ -231,7 +222,7 @@ class PretrainTask(Task):
             copy_tokenizer_into_run(c.run_dir, self.info.tokenizer_path)
             if c.samples or c.eval_tasks:
                 try:
-                    self.tokenizer = load_tokenizer(self.info.tokenizer_path)
+                    self.tokenizer = load_chat_tokenizer(self.info.tokenizer_path)
                 except Exception as e:  # noqa: BLE001 - samples are a nicety; never fail a run for them
                     warnings.warn(
                         f"samples and eval tasks disabled: cannot load {self.info.tokenizer_path} ({e})",
@@ -281,13 +272,8 @@ class PretrainTask(Task):
         return record
 
     def write_samples(self, run: Run) -> None:
-        texts = generate_samples(
-            run.gpt,
-            self.tokenizer,
-            max_new_tokens=self.c.sample_tokens,
-            bos_id=self.info.bos_id,
-            device=run.device,
-        )
+        sampling = SamplingConfig(self.c.sample_tokens, temperature=0.8, top_k=50, seed=1234)
+        texts = sample_texts(run.gpt, self.tokenizer, SAMPLE_PROMPTS, sampling, bos=self.info.bos_id)
         block = "\n".join(f"[step {run.step}] {t!r}" for t in texts)
         with open(Path(self.c.run_dir) / SAMPLES_FILE, "a", encoding="utf-8") as f:
             f.write(block + "\n")
