@@ -120,7 +120,7 @@ def test_random_model_scores_chance(sample_corpus: Path) -> None:
 def test_quick_eval_is_a_flat_dict_of_floats(sample_corpus: Path) -> None:
     tokenizer = load_tokenizer(CorpusInfo.from_dir(sample_corpus).tokenizer_path)
     figures = quick_eval(tiny_model(sample_corpus), tokenizer, sample_corpus)
-    assert set(figures) == {"lastword_acc", "choice_acc"}
+    assert set(figures) == {"lastword_acc", "choice_acc", "choice_acc_per_byte"}
     assert all(isinstance(v, float) and 0 <= v <= 1 for v in figures.values())
     lastword, choice = load_items(sample_corpus, QUICK)
     assert len(lastword) == QUICK.n_lastword and len(choice) == QUICK.n_choice
