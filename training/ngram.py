@@ -62,7 +62,7 @@ class KneserNey:
     keys: list[np.ndarray]  # per order, as in NGramCounts
     counts: list[np.ndarray]  # per order: the a of the formula (raw at the top order, continuation below)
     totals: list[np.ndarray]  # per order, per context id (order 1: one context): A(h), int32
-    backoff: list[np.ndarray]  # per order, per context id: gamma(h), float32
+    backoff: list[np.ndarray]  # per order, per context id: gamma(h), float64
 
     @property
     def nbytes(self) -> int:
@@ -117,7 +117,7 @@ class KneserNey:
             active = total > 0
             a = np.where(idx >= 0, self.counts[k - 1][np.maximum(idx, 0)], 0)
             mass = np.maximum(a - self._discount(k, a), 0.0)
-            gamma = self.backoff[k - 1][safe_ctx].astype(np.float64)
+            gamma = self.backoff[k - 1][safe_ctx]
             p = np.where(active, (mass + gamma * p) / np.where(active, total, 1.0), p)
         return np.log(p)
 
@@ -241,7 +241,7 @@ def kneser_ney(counts: NGramCounts, order: int, discount: float | None = None) -
         keys.append(counts.keys[k - 1])
         a_list.append(a.astype(np.int32))
         totals.append(np.rint(total).astype(np.int32))  # sums of integer counts, < 2**31
-        backoff.append(gamma_mass.astype(np.float32))  # ample precision; halves the model's memory
+        backoff.append(gamma_mass)  # float64: with float32 a distribution would sum to 1 +- 1e-8
     return KneserNey(V, order, np.array(discounts), keys, a_list, totals, backoff)
 
 
@@ -349,7 +349,7 @@ def split_bpb(
         "bpb": nats / (math.log(2) * n_bytes) if n_bytes else float("nan"),
         "loss": nats / (n - 1),
         "tokens": n - 1,
-        "bytes": int(n_bytes),
+        "bytes": round(n_bytes),
     }
 
 
