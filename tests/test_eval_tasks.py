@@ -353,6 +353,32 @@ def test_compare_tables_and_plots_runs(tmp_path: Path) -> None:
     assert isinstance(result.exception, UserError)
 
 
+def test_compare_puts_each_run_beside_its_corpus_baselines(sample_corpus: Path, tmp_path: Path) -> None:
+    from training.eval_tasks import baseline_figures
+
+    base = baseline_figures(sample_corpus, block_size=32)
+    runs = []
+    for name, delta in (("better", -0.5), ("worse", 0.5)):  # val_bpb either side of the n-gram's
+        run = tmp_path / name
+        run.mkdir()
+        record = {"step": 5, "loss": 3.0, "tokens": 500, "val_bpb": base["ngram_val_bpb"] + delta}
+        (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        (run / "config.json").write_text(
+            json.dumps({"corpus": str(sample_corpus), "train": {"block_size": 32}})
+        )
+        runs.append(str(run))
+    out = tmp_path / "compare.json"
+    args = [*runs, "--plot", str(tmp_path / "c.png"), "--json", str(out)]
+    result = CliRunner().invoke(compare, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"baselines of {sample_corpus}" in result.output
+    verdicts = json.loads(out.read_text())["verdicts"]
+    order = int(base["ngram_order"])
+    assert [v.split()[0] for v in verdicts[runs[0]]["beats"]] == [f"{order}-gram"]
+    assert [v.split()[0] for v in verdicts[runs[1]]["loses_to"]] == [f"{order}-gram"]
+    assert verdicts[runs[0]]["loses_to"] == verdicts[runs[1]]["beats"] == []
+
+
 # Small real books, several of them prose, split by the corpus stage's own hash.
 REAL_BOOKS = "32378 28707 35982 21563 23879 30091 25437 16385 24463 69596 21786 30413 34275 25148 25593"
 
