@@ -652,7 +652,7 @@ def run_suite(
                 "uniform": math.log2(info.vocab_size) * figures["tokens"] / figures["bytes"],
                 "unigram": unigram_bpb(corpus_dir, split),
                 "ngram": (
-                    cached_split_bpb(corpus_dir, ngram.order, split, block_size, max_targets)
+                    cached_split_bpb(corpus_dir, ngram.order, split, block_size, max_targets, ngram)
                     if ngram
                     else None
                 ),
@@ -725,7 +725,9 @@ def _baseline_figures(corpus_dir: str, key: str, block_size: int, config: SuiteC
     present = {s for s, v in info.manifest["splits"].items() if v.get("shards")}
     for split, name in (("validation", "val"), ("test", "test")):
         if split in present:
-            figures[f"ngram_{name}_bpb"] = cached_split_bpb(corpus_dir, ngram.order, split, block_size)
+            figures[f"ngram_{name}_bpb"] = cached_split_bpb(
+                corpus_dir, ngram.order, split, block_size, model=ngram
+            )
     if config.split in present:
         import sentencepiece as spm
 

@@ -358,9 +358,15 @@ def _figures_path(corpus_dir: str | Path) -> Path:
 
 
 def cached_split_bpb(
-    corpus_dir: str | Path, order: int, split: str, block_size: int, max_targets: int | None = None
+    corpus_dir: str | Path,
+    order: int,
+    split: str,
+    block_size: int,
+    max_targets: int | None = None,
+    model: KneserNey | None = None,
 ) -> float:
-    """split_bpb of the order-`order` model (modified KN), remembered in <corpus>/cache next to the fit."""
+    """split_bpb of the order-`order` model (modified KN; `model` if it is already built), remembered in
+    <corpus>/cache next to the fit."""
     from common.files import write_json_atomic
 
     path = _figures_path(corpus_dir)
@@ -370,7 +376,8 @@ def cached_split_bpb(
     except (OSError, ValueError):
         figures = {}
     if name not in figures:
-        model = kneser_ney(train_counts(corpus_dir, order), order)
+        if model is None or model.order != order:
+            model = kneser_ney(train_counts(corpus_dir, order), order)
         figures[name] = split_bpb(model, corpus_dir, split, block_size, max_targets)["bpb"]
         try:
             path.parent.mkdir(exist_ok=True)
