@@ -13,12 +13,16 @@ Tasks:
   4 letters; the model sees the passage without that word and must produce it greedily. Exact match
   after NFC, the generated word read up to its first non-letter (so punctuation is stripped).
 - **choice** (HellaSwag / cloze style): a context of a few sentences and 4 candidate next sentences,
-  the true one and 3 from other test books of similar length. The candidate with the highest
-  log-likelihood per UTF-8 byte wins (per byte, so the normalisation does not depend on the tokenizer).
+  the true one and 3 from other test books of similar length. The headline: the candidate with the
+  highest PMI per UTF-8 byte, log p(candidate | context) - log p(candidate | start of text), wins; the
+  highest log-likelihood per byte is reported beside it (per byte, so the normalisation does not depend
+  on the tokenizer; see _choice for why PMI leads).
 
 Items are plain text, built deterministically (fixed seed, books in id order) from the Parquet `text`
 column; only scoring tokenizes. So runs with different tokenizers answer the very same questions.
-Each task reports its chance level and a trivial baseline, so a number means something.
+Each task reports its chance level and the baselines a model must beat, so a number means something:
+uniform and token-unigram bpb, the corpus's Kneser-Ney n-gram (training/ngram.py: its bpb, its greedy last
+word, its choice), the context-overlap heuristic, the most frequent word and a word unigram model.
 
 Scoring only needs `model(ids).logits` of shape (B, T, V), so the same functions score a ptgpt GPT
 and the `transformers` model `export-hf` writes (tests/test_eval_tasks.py checks they agree).
