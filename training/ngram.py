@@ -299,6 +299,11 @@ def _load_counts(path: Path) -> NGramCounts:
         )
 
 
+def cached_fit(corpus_dir: str | Path) -> Path | None:
+    """The cached fit of this corpus (any order), if there is one: tells a caller whether to warn of a fit."""
+    return next(iter(sorted(_cache_dir(corpus_dir).glob(f"ngram-*-{corpus_key(corpus_dir)}.npz"))), None)
+
+
 def train_counts(
     corpus_dir: str | Path, max_order: int = MAX_ORDER, notify: Callable[[str], None] | None = None
 ) -> NGramCounts:

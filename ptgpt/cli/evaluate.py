@@ -277,6 +277,12 @@ def eval_command(
     except UserError as e:
         raise UserError(f"the run trained in {precision}, which this device cannot: {e}") from None
     model = load_model(checkpoint, device=torch_device)
+    from training.ngram import cached_fit
+
+    if info.manifest["splits"].get("train", {}).get("shards") and cached_fit(corpus) is None:
+        click.echo(
+            f"fitting the n-gram baseline on {corpus}'s training split (once: cached in its cache/)", err=True
+        )
     try:
         result = run_suite(
             model,
