@@ -24,15 +24,20 @@ from training.checkpoint import save_model
 from training.data import CorpusInfo
 from training.eval_tasks import (
     QUICK,
+    ChoiceItem,
     SuiteConfig,
+    _choice,
     bpb_per_book,
     build_choice_items,
     build_lastword_items,
     first_word,
     load_items,
+    neutral_start,
     normalize_word,
+    overlap_choice,
     quick_eval,
     read_split_text,
+    run_suite,
     score_choice,
     score_lastword,
 )
@@ -120,7 +125,7 @@ def test_random_model_scores_chance(sample_corpus: Path) -> None:
 def test_quick_eval_is_a_flat_dict_of_floats(sample_corpus: Path) -> None:
     tokenizer = load_tokenizer(CorpusInfo.from_dir(sample_corpus).tokenizer_path)
     figures = quick_eval(tiny_model(sample_corpus), tokenizer, sample_corpus)
-    assert set(figures) == {"lastword_acc", "choice_acc"}
+    assert set(figures) == {"lastword_acc", "choice_acc", "choice_acc_per_byte"}
     assert all(isinstance(v, float) and 0 <= v <= 1 for v in figures.values())
     lastword, choice = load_items(sample_corpus, QUICK)
     assert len(lastword) == QUICK.n_lastword and len(choice) == QUICK.n_choice
@@ -165,9 +170,63 @@ def _checkpoint(corpus: Path, run: Path, step: int = 10) -> Path:
     )
 
 
+def test_overlap_heuristic_counts_context_words_and_splits_ties() -> None:
+    items = [
+        # "marinheiros" and "lisboa" reappear in the first candidate only: right
+        ChoiceItem(
+            1,
+            "O navio partiu para Lisboa com marinheiros.",
+            ("Os marinheiros viram Lisboa.", "Ela sorriu.", "Chovia muito.", "Nada."),
+            0,
+        ),
+        # no word of 4+ letters in the context: a four-way tie, worth 1/4
+        ChoiceItem(1, "Era uma vez um rei.", ("A rainha.", "O povo.", "Um dia.", "Ali."), 2),
+        # "casa" and "grande" tie the first two candidates; the true one is the third: wrong
+        ChoiceItem(1, "A casa grande ardia.", ("A casa caiu.", "Grande dia.", "Outra coisa.", "Fim."), 2),
+    ]
+    assert overlap_choice(items) == pytest.approx((1 + 0.25 + 0) / 3)
+
+
+def test_choice_scores_pmi_and_likelihood_per_byte(sample_corpus: Path) -> None:
+    """The candidate likeliest per byte is a generic one (it is as likely without the context); PMI takes
+    that out and picks the one the context makes likelier."""
+    from training.eval_tasks import continuation_ids
+
+    tokenizer = load_tokenizer(CorpusInfo.from_dir(sample_corpus).tokenizer_path)
+    context = "O velho abriu a porta da igreja."
+    candidates = ("Disse que sim.", "O sino tocou na torre.", "Choveu em Roma.", "Era verde e azul.")
+    # (with the context, without it) in nats per byte
+    per_byte = {0: (-1.0, -1.1), 1: (-1.5, -3.0), 2: (-2.0, -2.0), 3: (-2.5, -2.4)}
+    cont = {tuple(continuation_ids(tokenizer, context, c)[1]): i for i, c in enumerate(candidates)}
+    start = neutral_start(tokenizer)
+
+    def logprobs(pairs):
+        out = []
+        for ctx, ids in pairs:
+            i = cont[tuple(ids)]
+            out.append(per_byte[i][ctx == start] * len((" " + candidates[i]).encode()))
+        return out
+
+    scores = _choice(logprobs, tokenizer, [ChoiceItem(1, context, candidates, label=1)])
+    assert (scores["acc"], scores["acc_per_byte"]) == (1.0, 0.0)
+    assert (scores["picks"], scores["picks_per_byte"]) == ([1], [0])
+
+
+def test_a_task_without_items_says_why(sample_corpus: Path) -> None:
+    from ptgpt.cli.evaluate import format_report
+
+    tokenizer = load_tokenizer(CorpusInfo.from_dir(sample_corpus).tokenizer_path)
+    config = SuiteConfig(min_word_letters=99, context_sentences=99)
+    result = run_suite(tiny_model(sample_corpus), tokenizer, sample_corpus, ("lastword", "choice"), config)
+    assert result["lastword_acc"] is None and result["choice_acc"] is None and result["choice_n"] == 0
+    report = format_report(result)
+    assert "nan" not in report and "no items" in report and "99+" in report
+
+
 def test_eval_command_prints_a_table_and_writes_json(sample_corpus: Path, tmp_path: Path) -> None:
     checkpoint = _checkpoint(sample_corpus, tmp_path / "run")
     out = tmp_path / "eval.json"
+    out.write_text(json.dumps({"kind": "ptgpt-eval"}))  # an earlier eval's output may be overwritten
     args = ["--checkpoint", str(checkpoint), "--quick", "--json", str(out), "--device", "cpu"]
     result = CliRunner().invoke(eval_command, [*args, "--block-size", "64"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -182,6 +241,64 @@ def test_eval_command_prints_a_table_and_writes_json(sample_corpus: Path, tmp_pa
         assert line in result.output
     # a random model is no better than a uniform distribution over the vocabulary
     assert figures["bpb"]["test"] > 0.9 * figures["bpb_baselines"]["test"]["uniform"]
+    # every baseline is there, the n-gram well below the unigram, and the verdict says the model loses
+    baselines = figures["bpb_baselines"]["test"]
+    assert baselines["ngram"] < baselines["unigram"] < baselines["uniform"] and figures[
+        "ngram_order"
+    ] in range(2, 6)
+    assert {"overlap", "ngram", "ngram_per_byte", "unigram", "chance"} <= set(figures["choice_baselines"])
+    assert {"ngram", "most_frequent_word"} <= set(figures["lastword_baselines"])
+    assert f"{figures['ngram_order']}-gram KN" in figures["verdicts"]["bpb test"]["loses_to"]
+    assert "The model beats" in result.output and "loses to" in result.output
+
+
+def test_eval_json_never_overwrites_a_file_it_did_not_write(sample_corpus: Path, tmp_path: Path) -> None:
+    checkpoint = _checkpoint(sample_corpus, tmp_path / "run")
+    config = (checkpoint / "config.json").read_text()
+    result = CliRunner().invoke(
+        eval_command, ["--checkpoint", str(checkpoint), "--json", str(checkpoint / "config.json")]
+    )
+    assert isinstance(result.exception, UserError) and "refusing to overwrite" in str(result.exception)
+    assert (
+        CliRunner()
+        .invoke(eval_command, ["--checkpoint", str(checkpoint), "--json", str(checkpoint)])
+        .exit_code
+    )
+    assert (checkpoint / "config.json").read_text() == config
+
+
+def test_eval_uses_the_run_precision(sample_corpus: Path, tmp_path: Path) -> None:
+    """A run trained in fp32 is scored in fp32 and one trained in bf16 in bf16 (same weights, so the
+    figures differ only by the precision)."""
+    figures = {}
+    for precision in ("fp32", "bf16"):
+        checkpoint = _checkpoint(sample_corpus, tmp_path / precision)
+        meta = json.loads((checkpoint / "config.json").read_text())
+        meta["train"] = {"precision": precision}
+        (checkpoint / "config.json").write_text(json.dumps(meta))
+        out = tmp_path / f"{precision}.json"
+        args = [
+            "--checkpoint",
+            str(checkpoint),
+            "--tasks",
+            "bpb",
+            "--split",
+            "validation",
+            "--max-batches",
+            "2",
+        ]
+        result = CliRunner().invoke(
+            eval_command,
+            [*args, "--block-size", "32", "--device", "cpu", "--json", str(out)],
+            catch_exceptions=False,
+        )
+        assert result.exit_code == 0, result.output
+        figures[precision] = json.loads(out.read_text())
+        assert figures[precision]["precision"] == precision
+    assert figures["fp32"]["bpb"]["validation"] != figures["bf16"]["bpb"]["validation"]
+    assert figures["fp32"]["bpb"]["validation"] == pytest.approx(
+        figures["bf16"]["bpb"]["validation"], rel=0.05
+    )
 
 
 @pytest.mark.parametrize(
@@ -234,6 +351,32 @@ def test_compare_tables_and_plots_runs(tmp_path: Path) -> None:
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = CliRunner().invoke(compare, [runs[0], str(tmp_path / "none")])
     assert isinstance(result.exception, UserError)
+
+
+def test_compare_puts_each_run_beside_its_corpus_baselines(sample_corpus: Path, tmp_path: Path) -> None:
+    from training.eval_tasks import baseline_figures
+
+    base = baseline_figures(sample_corpus, block_size=32)
+    runs = []
+    for name, delta in (("better", -0.5), ("worse", 0.5)):  # val_bpb either side of the n-gram's
+        run = tmp_path / name
+        run.mkdir()
+        record = {"step": 5, "loss": 3.0, "tokens": 500, "val_bpb": base["ngram_val_bpb"] + delta}
+        (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        (run / "config.json").write_text(
+            json.dumps({"corpus": str(sample_corpus), "train": {"block_size": 32}})
+        )
+        runs.append(str(run))
+    out = tmp_path / "compare.json"
+    args = [*runs, "--plot", str(tmp_path / "c.png"), "--json", str(out)]
+    result = CliRunner().invoke(compare, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert f"baselines of {sample_corpus}" in result.output
+    verdicts = json.loads(out.read_text())["verdicts"]
+    order = int(base["ngram_order"])
+    assert [v.split()[0] for v in verdicts[runs[0]]["beats"]] == [f"{order}-gram"]
+    assert [v.split()[0] for v in verdicts[runs[1]]["loses_to"]] == [f"{order}-gram"]
+    assert verdicts[runs[0]]["loses_to"] == verdicts[runs[1]]["beats"] == []
 
 
 # Small real books, several of them prose, split by the corpus stage's own hash.

@@ -13,12 +13,16 @@ Tasks:
   4 letters; the model sees the passage without that word and must produce it greedily. Exact match
   after NFC, the generated word read up to its first non-letter (so punctuation is stripped).
 - **choice** (HellaSwag / cloze style): a context of a few sentences and 4 candidate next sentences,
-  the true one and 3 from other test books of similar length. The candidate with the highest
-  log-likelihood per UTF-8 byte wins (per byte, so the normalisation does not depend on the tokenizer).
+  the true one and 3 from other test books of similar length. The headline: the candidate with the
+  highest PMI per UTF-8 byte, log p(candidate | context) - log p(candidate | start of text), wins; the
+  highest log-likelihood per byte is reported beside it (per byte, so the normalisation does not depend
+  on the tokenizer; see _choice for why PMI leads).
 
 Items are plain text, built deterministically (fixed seed, books in id order) from the Parquet `text`
 column; only scoring tokenizes. So runs with different tokenizers answer the very same questions.
-Each task reports its chance level and a trivial baseline, so a number means something.
+Each task reports its chance level and the baselines a model must beat, so a number means something:
+uniform and token-unigram bpb, the corpus's Kneser-Ney n-gram (training/ngram.py: its bpb, its greedy last
+word, its choice), the context-overlap heuristic, the most frequent word and a word unigram model.
 
 Scoring only needs `model(ids).logits` of shape (B, T, V), so the same functions score a ptgpt GPT
 and the `transformers` model `export-hf` writes (tests/test_eval_tasks.py checks they agree).
@@ -329,21 +333,15 @@ def _decode(tokenizer, ids: list[int]) -> str:
     return tokenizer.decode([t for t in ids if n is None or t < n])
 
 
-def score_lastword(model: torch.nn.Module, tokenizer, items: list[LastWordItem]) -> dict:
-    """Greedy exact-match accuracy; each item may generate the target's token count + 2 tokens."""
-    limit = max_length(model)
-    was_training = model.training
-    model.eval()
+def _lastword(continue_ids, tokenizer, items: list[LastWordItem], limit: int) -> dict:
+    """Greedy exact match for any continue_ids(prompt ids, n) -> n ids: a model's or the n-gram's."""
     correct, predictions = 0, []
-    try:
-        for item in items:
-            n_new = min(len(tokenizer.encode(item.target)) + 2, limit - 1)
-            prompt = tokenizer.encode(item.context)[-(limit - n_new) :]
-            predicted = first_word(_decode(tokenizer, greedy_continue(model, prompt, n_new)))
-            predictions.append(predicted)
-            correct += predicted == normalize_word(item.target)
-    finally:
-        model.train(was_training)
+    for item in items:
+        n_new = min(len(tokenizer.encode(item.target)) + 2, limit - 1)
+        prompt = tokenizer.encode(item.context)[-(limit - n_new) :]
+        predicted = first_word(_decode(tokenizer, continue_ids(prompt, n_new)))
+        predictions.append(predicted)
+        correct += predicted == normalize_word(item.target)
     return {
         "acc": correct / len(items) if items else float("nan"),
         "n": len(items),
@@ -351,24 +349,59 @@ def score_lastword(model: torch.nn.Module, tokenizer, items: list[LastWordItem])
     }
 
 
-def score_choice(model: torch.nn.Module, tokenizer, items: list[ChoiceItem], batch_size: int = 16) -> dict:
-    """Accuracy of the highest log-likelihood per UTF-8 byte among each item's candidates."""
+def score_lastword(model: torch.nn.Module, tokenizer, items: list[LastWordItem]) -> dict:
+    """Greedy exact-match accuracy; each item may generate the target's token count + 2 tokens."""
+    was_training = model.training
+    model.eval()
+    try:
+        return _lastword(lambda ids, n: greedy_continue(model, ids, n), tokenizer, items, max_length(model))
+    finally:
+        model.train(was_training)
+
+
+def neutral_start(tokenizer) -> list[int]:
+    """What a candidate is scored after for its unconditional likelihood: the start of a text (BOS)."""
+    bos = tokenizer.bos_id() if hasattr(tokenizer, "bos_id") else -1
+    return [bos if bos >= 0 else tokenizer.eos_id()]
+
+
+def _choice(logprobs, tokenizer, items: list[ChoiceItem]) -> dict:
+    """Both choice scores from any logprobs(pairs) -> sum of log p(continuation | context) per pair.
+
+    per byte: log p(candidate | context) / bytes, the HellaSwag-style normalised likelihood. Its weakness
+    here: distractors come from other books, and a candidate that is likely anywhere (short words, common
+    style) wins without the context playing a part. PMI per byte, (log p(candidate | context) - log
+    p(candidate | start of text)) / bytes, takes out what the candidate scores on its own and so measures
+    how much the context helps: it is the headline figure ("acc").
+    """
     pairs, n_bytes = [], []
     for item in items:
         for cand in item.candidates:
             pairs.append(continuation_ids(tokenizer, item.context, cand))
             n_bytes.append(len((" " + cand).encode()))
+    start = neutral_start(tokenizer)
+    logps = np.array(logprobs(pairs + [(start, cont) for _, cont in pairs]), dtype=np.float64)
+    conditional, unconditional = logps[: len(pairs)], logps[len(pairs) :]
+    n_bytes = np.array(n_bytes, dtype=np.float64)
+    k = len(items[0].candidates) if items else 0
+    out: dict = {"n": len(items)}
+    for name, score in (("", conditional - unconditional), ("_per_byte", conditional)):
+        picks = (score / n_bytes).reshape(len(items), k).argmax(1) if items else np.zeros(0, int)
+        correct = sum(int(p) == item.label for p, item in zip(picks, items, strict=True))
+        out["acc" + name] = correct / len(items) if items else float("nan")
+        out["picks" + name] = picks.tolist()
+    return out
+
+
+def score_choice(model: torch.nn.Module, tokenizer, items: list[ChoiceItem], batch_size: int = 16) -> dict:
+    """Accuracy of the candidate with the highest PMI per UTF-8 byte ("acc", the headline) and with the
+    highest log-likelihood per byte ("acc_per_byte"); see _choice for why two."""
     was_training = model.training
     model.eval()
     try:
-        logps = continuation_logprobs(model, pairs, batch_size)
+        return _choice(lambda pairs: continuation_logprobs(model, pairs, batch_size), tokenizer, items)
     finally:
         model.train(was_training)
-    per_byte = np.array(logps) / np.array(n_bytes, dtype=np.float64) if pairs else np.zeros(0)
-    k = len(items[0].candidates) if items else 0
-    picks = per_byte.reshape(len(items), k).argmax(1) if items else np.zeros(0, int)
-    correct = sum(int(p) == item.label for p, item in zip(picks, items, strict=True))
-    return {"acc": correct / len(items) if items else float("nan"), "n": len(items), "picks": picks.tolist()}
 
 
 # -----------------------------------------------------------------------------
@@ -525,6 +558,55 @@ def unigram_bpb(corpus_dir: str | Path, split: str, fit_split: str = "train") ->
     return float(-(counts * logp).sum() / (math.log(2) * n_bytes)) if n_bytes else float("nan")
 
 
+def overlap_choice(items: list[ChoiceItem]) -> float:
+    """The context-overlap heuristic: the candidate in which most of the context's distinct >= 4-letter
+    words reappear (lowercased). Ties are split evenly: the expected accuracy of a random pick among them."""
+    if not items:
+        return float("nan")
+    words = lambda text: {w.lower() for w in WORD.findall(text) if _letters(w) >= 4}  # noqa: E731
+    total = 0.0
+    for item in items:
+        context = words(item.context)
+        scores = [len(context & words(cand)) for cand in item.candidates]
+        tied = [i for i, score in enumerate(scores) if score == max(scores)]
+        total += (item.label in tied) / len(tied)
+    return total / len(items)
+
+
+def ngram_lastword(ngram, tokenizer, items: list[LastWordItem]) -> dict:
+    """The n-gram model's greedy last word (training/ngram.py), scored like a model's."""
+    return _lastword(ngram.greedy, tokenizer, items, limit=1 << 20)
+
+
+def ngram_choice(ngram, tokenizer, items: list[ChoiceItem]) -> dict:
+    """The n-gram model's next-sentence choice, by the same two scores as a model's."""
+    return _choice(lambda pairs: [ngram.sequence_logprob(c, x) for c, x in pairs], tokenizer, items)
+
+
+@functools.lru_cache(maxsize=1)
+def _ngram(corpus_dir: str, key: str, order: int | None, block_size: int):
+    """The corpus's n-gram model, kept for the process (the trainer asks at every evaluation)."""
+    from training.ngram import corpus_model
+
+    return corpus_model(corpus_dir, order, block_size)
+
+
+def corpus_ngram(corpus_dir: str | Path, order: int | None = None, block_size: int = 256):
+    """The corpus's Kneser-Ney model (of `order`, or the order best on validation), fitted once and cached
+    on disk next to the corpus; None for a corpus without a training split to fit it on."""
+    from training.ngram import corpus_key
+
+    info = CorpusInfo.from_dir(corpus_dir)
+    if not info.manifest["splits"].get("train", {}).get("shards"):
+        return None
+    root = str(Path(corpus_dir).resolve())
+    return _ngram(root, corpus_key(root), order, block_size)
+
+
+NO_LASTWORD = "no items: no prose passage of the {split} split ends in a word of {letters}+ letters"
+NO_CHOICE = "no items: the {split} split has too few prose paragraphs of {k}+ sentences, or too few books"
+
+
 # -----------------------------------------------------------------------------
 # The suite
 
@@ -539,40 +621,60 @@ def run_suite(
     block_size: int | None = None,
     batch_size: int = 8,
     max_batches: int | None = None,
+    precision: str = "auto",
+    ngram_order: int | None = None,
 ) -> dict:
-    """Every requested task on one model: figures, item counts, chance levels and baselines (JSON-able)."""
-    from training.evaluate import evaluate
+    """Every requested task on one model, under the autocast of its run's `precision`: figures, item
+    counts, chance levels and every baseline (uniform, unigram, the corpus's Kneser-Ney n-gram, the
+    overlap heuristic, the most frequent word) (JSON-able). A task with no items gets None and a note."""
+    from training.evaluate import autocast_context, evaluate
+    from training.ngram import cached_split_bpb
 
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; choose from {list(TASKS)}")
     block_size = min(block_size or max_length(model), max_length(model))
     info = CorpusInfo.from_dir(corpus_dir)
-    out: dict = {}
+    device = _model_device(model)
+    ngram = corpus_ngram(corpus_dir, ngram_order, block_size)
+    out: dict = {"ngram_order": ngram.order if ngram is not None else None}
     if "bpb" in tasks:
         out["bpb"], out["loss"], out["bpb_per_book"], out["bpb_baselines"] = {}, {}, {}, {}
         for split in splits:
             if not info.manifest["splits"].get(split, {}).get("shards"):
                 continue  # a corpus without that split (tiny test corpora have no test split)
             figures = evaluate(
-                model, corpus_dir, split, block_size, batch_size, max_batches, _model_device(model)
+                model, corpus_dir, split, block_size, batch_size, max_batches, device, precision
             )
             out["bpb"][split], out["loss"][split] = figures["bpb"], figures["loss"]
-            per_book = bpb_per_book(model, corpus_dir, split, block_size, batch_size, config.book_windows)
+            with autocast_context(device, precision):
+                per_book = bpb_per_book(model, corpus_dir, split, block_size, batch_size, config.book_windows)
             ranked = sorted(per_book.items(), key=lambda kv: kv[1]["bpb"])
             out["bpb_per_book"][split] = {str(b): v["bpb"] for b, v in ranked}
+            max_targets = max_batches * batch_size * block_size if max_batches is not None else None
             out["bpb_baselines"][split] = {
                 "uniform": math.log2(info.vocab_size) * figures["tokens"] / figures["bytes"],
                 "unigram": unigram_bpb(corpus_dir, split),
+                "ngram": (
+                    cached_split_bpb(corpus_dir, ngram.order, split, block_size, max_targets, ngram)
+                    if ngram
+                    else None
+                ),
             }
     if "lastword" in tasks or "choice" in tasks:
         lastword_items, choice_items = load_items(corpus_dir, config)
     if "lastword" in tasks:
-        out["lastword_acc"] = score_lastword(model, tokenizer, lastword_items)["acc"]
         out["lastword_n"] = len(lastword_items)
         out["lastword_baselines"] = lastword_baselines(lastword_items)
+        if lastword_items:
+            with autocast_context(device, precision):
+                out["lastword_acc"] = score_lastword(model, tokenizer, lastword_items)["acc"]
+            if ngram is not None:
+                out["lastword_baselines"]["ngram"] = ngram_lastword(ngram, tokenizer, lastword_items)["acc"]
+        else:
+            out["lastword_acc"] = None
+            out["lastword_note"] = NO_LASTWORD.format(split=config.split, letters=config.min_word_letters)
     if "choice" in tasks:
-        out["choice_acc"] = score_choice(model, tokenizer, choice_items, batch_size)["acc"]
         out["choice_n"] = len(choice_items)
         reference = (
             [t for ps in read_split_text(corpus_dir, "validation").values() for t in ps]
@@ -580,6 +682,18 @@ def run_suite(
             else []
         )
         out["choice_baselines"] = choice_baselines(choice_items, reference)
+        if choice_items:
+            with autocast_context(device, precision):
+                scores = score_choice(model, tokenizer, choice_items, batch_size)
+            out["choice_acc"], out["choice_acc_per_byte"] = scores["acc"], scores["acc_per_byte"]
+            out["choice_baselines"]["overlap"] = overlap_choice(choice_items)
+            if ngram is not None:
+                scores = ngram_choice(ngram, tokenizer, choice_items)
+                out["choice_baselines"]["ngram"] = scores["acc"]
+                out["choice_baselines"]["ngram_per_byte"] = scores["acc_per_byte"]
+        else:
+            out["choice_acc"] = out["choice_acc_per_byte"] = None
+            out["choice_note"] = NO_CHOICE.format(split=config.split, k=config.context_sentences + 1)
     return out
 
 
@@ -598,5 +712,52 @@ def quick_eval(
     if lastword_items:
         figures["lastword_acc"] = score_lastword(model, tokenizer, lastword_items)["acc"]
     if choice_items:
-        figures["choice_acc"] = score_choice(model, tokenizer, choice_items)["acc"]
+        scores = score_choice(model, tokenizer, choice_items)
+        figures["choice_acc"], figures["choice_acc_per_byte"] = scores["acc"], scores["acc_per_byte"]
+    return figures
+
+
+@functools.lru_cache(maxsize=4)
+def _baseline_figures(corpus_dir: str, key: str, block_size: int, config: SuiteConfig, order: int | None):
+    from training.ngram import cached_split_bpb
+
+    info = CorpusInfo.from_dir(corpus_dir)
+    ngram = corpus_ngram(corpus_dir, order, block_size)
+    if ngram is None:
+        return {}
+    figures: dict = {"ngram_order": float(ngram.order)}
+    present = {s for s, v in info.manifest["splits"].items() if v.get("shards")}
+    for split, name in (("validation", "val"), ("test", "test")):
+        if split in present:
+            figures[f"ngram_{name}_bpb"] = cached_split_bpb(
+                corpus_dir, ngram.order, split, block_size, model=ngram
+            )
+    if config.split in present:
+        import sentencepiece as spm
+
+        tokenizer = spm.SentencePieceProcessor(model_file=str(info.tokenizer_path))
+        lastword_items, choice_items = load_items(corpus_dir, config)
+        if lastword_items:
+            figures["ngram_lastword_acc"] = ngram_lastword(ngram, tokenizer, lastword_items)["acc"]
+            figures["most_frequent_word_acc"] = lastword_baselines(lastword_items)["most_frequent_word"]
+        if choice_items:
+            figures["ngram_choice_acc"] = ngram_choice(ngram, tokenizer, choice_items)["acc"]
+            figures["overlap_choice_acc"] = overlap_choice(choice_items)
+    return figures
+
+
+def baseline_figures(
+    corpus_dir: str | Path, block_size: int = 256, config: SuiteConfig = QUICK, order: int | None = None
+) -> dict[str, float]:
+    """The baselines the trainer's periodic evaluation logs beside the model's figures, as a flat dict of
+    floats: ngram_order, ngram_val_bpb, ngram_test_bpb (the model's bpb accounting at this block_size),
+    and on the quick items ngram_lastword_acc, most_frequent_word_acc, ngram_choice_acc (PMI, like
+    choice_acc) and overlap_choice_acc. The first call fits the n-gram (minutes on 20M tokens, then cached
+    next to the corpus); later calls, in this process or another, cost next to nothing. Keys of a split
+    or task the corpus lacks are left out ({} for a corpus without a training split)."""
+    from training.ngram import corpus_key
+
+    root = str(Path(corpus_dir).resolve())
+    figures = dict(_baseline_figures(root, corpus_key(root), block_size, config, order))
+    _ngram.cache_clear()  # the figures are kept; the model's tables need not stay in the trainer's memory
     return figures

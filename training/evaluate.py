@@ -30,10 +30,11 @@ SAMPLE_PROMPTS = [
 ]
 
 
-def autocast_context(device: torch.device) -> contextlib.AbstractContextManager:
-    """What `--precision auto` trains with: bf16 autocast on Ampere or newer, fp16 on older GPUs (a T4
-    would only emulate bf16, many times slower), nothing (fp32) on CPU and MPS."""
-    kind = choose_precision("auto", device.type, cuda_capability(device))
+def autocast_context(device: torch.device, precision: str = "auto") -> contextlib.AbstractContextManager:
+    """The autocast a run of `precision` trains with, so it is evaluated in the numbers it trained in (a
+    `--precision fp32` run is not scored in bf16). "auto": bf16 on Ampere or newer, fp16 on older GPUs (a
+    T4 would only emulate bf16, many times slower), nothing (fp32) on CPU and MPS."""
+    kind = choose_precision(precision, device.type, cuda_capability(device))
     if kind == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if kind == "bf16" else torch.float16)
@@ -48,9 +49,10 @@ def evaluate(
     batch_size: int = 8,
     max_batches: int | None = None,
     device: str | torch.device = "cpu",
+    precision: str = "auto",
 ) -> dict:
     """Loss (nats/token), perplexity and bits per byte of `model` on a split (its first max_batches
-    batches per rank, or all of it). Under torch.distributed every rank reads its share of row groups
+    batches per rank, or all of it), under the autocast of the run's `precision`. Under torch.distributed every rank reads its share of row groups
     and the sums are all-reduced once at the end, so every rank returns the same figures."""
     device = torch.device(device)
     was_training = model.training
@@ -64,7 +66,7 @@ def evaluate(
             if max_batches is not None and i >= max_batches:
                 break
             x, y = x.to(device), y.to(device)
-            with autocast_context(device):
+            with autocast_context(device, precision):
                 logits = model(x).logits
             nats = F.cross_entropy(
                 logits.float().view(-1, logits.size(-1)),
