@@ -17,13 +17,14 @@ import click
 
 from common.errors import UserError, describe_os_error
 from ptgpt import __version__
-from ptgpt.cli.chat import chat, classify, instructions, serve_model, sft
+from ptgpt.cli.chat import chat, classify, instructions, sft
 from ptgpt.cli.corpus import corpus
 from ptgpt.cli.demo import demo
 from ptgpt.cli.evaluate import compare, eval_command
 from ptgpt.cli.model import export_hf
 from ptgpt.cli.pipeline import build, run, serve
 from ptgpt.cli.scrape import mirror, scrape
+from ptgpt.cli.serve_model import serve_model
 from ptgpt.cli.train import generate, train
 
 DEBUG_ENV = "PTGPT_DEBUG"

@@ -1,7 +1,7 @@
-"""After pre-training: `ptgpt instructions`, `sft`, `chat`, `serve-model` and `classify`.
+"""After pre-training: `ptgpt instructions`, `sft`, `chat` and `classify` (`serve-model`: serve_model.py).
 
 The corpus-side sets (corpus/instructions.py) and the model side (training/chat.py, sft.py,
-serve.py, classify.py) never import each other; these commands pass data between them.
+classify.py) never import each other; these commands pass data between them.
 """
 
 from __future__ import annotations
@@ -310,30 +310,6 @@ def chat(
             continue
         if line.strip():
             answer(line)
-
-
-# -----------------------------------------------------------------------------------------------
-# serve-model
-
-
-@click.command("serve-model")
-@click.option("--run", "run_dir", required=True, type=RUN_DIR, help="An SFT run (or a chat checkpoint).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 exposes it to the network.")
-@click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
-def serve_model(run_dir: Path, host: str, port: int, device: str) -> None:
-    """OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions) and a chat page at /."""
-    from training.chat import load_chat_session
-    from training.serve import ModelServer
-
-    server = ModelServer(load_chat_session(run_dir, device=device), host, port)
-    click.echo(f"serving {run_dir} at {server.url} (chat page at {server.url}/); Ctrl-C stops", err=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.close()
 
 
 # -----------------------------------------------------------------------------------------------
