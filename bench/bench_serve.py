@@ -53,7 +53,7 @@ def start_server(code: Path, checkpoint: Path, port: int) -> subprocess.Popen:
         try:
             requests.get(f"http://127.0.0.1:{port}/v1/models", timeout=2)
             return proc
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or bound but still loading the model
             if proc.poll() is not None:
                 raise SystemExit(f"the server exited with {proc.returncode}") from None
             time.sleep(0.3)
@@ -117,6 +117,24 @@ def level(url: str, clients: int, per_client: int, max_tokens: int, stream: bool
     }
 
 
+def decode_tokens_per_s(batch: int, steps: int = 48, prompt_len: int = 24) -> float:
+    """Tokens/s of the bench model decoding `batch` same-length sequences at once (KV cache, CPU):
+    what batching waiting requests through one forward pass could gain at best."""
+    import torch
+
+    from training.model import GPT, KVCache, ModelConfig
+
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.preset("tiny", **MODEL, vocab_size=404)).eval()
+    with torch.no_grad():
+        cache = KVCache(model.config, batch, prompt_len + steps, torch.device("cpu"), torch.float32)
+        model(torch.randint(0, 400, (batch, prompt_len)), kv_cache=cache)
+        start = time.perf_counter()
+        for _ in range(steps):
+            model(torch.randint(0, 400, (batch, 1)), kv_cache=cache)
+        return batch * steps / (time.perf_counter() - start)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--code", type=Path, default=ROOT, help="checkout whose serve-model runs")
@@ -124,7 +142,12 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=4, help="requests per client")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--batching", action="store_true", help="only: decode tokens/s at batch 1, 4, 16")
     args = p.parse_args()
+    if args.batching:
+        for batch in (1, 4, 16):
+            print(f"decode batch {batch:>2}: {decode_tokens_per_s(batch):8.0f} tokens/s")
+        return
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         checkpoint = build_chat_checkpoint(Path(tmp))
         port = free_port()

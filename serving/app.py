@@ -211,18 +211,17 @@ def create_app(session: ChatSession, config, card: dict | None = None) -> FastAP
     async def complete(request: Request, chat: bool):
         body = await read_json(request, config.max_body_bytes, config.body_timeout)
         req = parse(ChatRequest if chat else CompletionRequest, body, session.context)
-        sampling = req.sampling(session.context)
+        try:
+            sampling = req.sampling(session.context)
+        except ValueError as e:  # the engine's own checks, should they be stricter than ours
+            raise RequestError(400, str(e)) from None
         if chat:
-            # Each message costs at least two tokens (its role and <|end|>), so no more than
-            # context // 2 of the newest can fit: the older ones are dropped before any encoding.
             messages = [m.model_dump() for m in req.messages]
-            system = messages[:1] if messages[0]["role"] == "system" else []
-            messages = system + messages[len(system) :][-(session.context // 2) :]
             reserve = min(sampling.max_new_tokens, session.context // 2)
 
             def prompt() -> list[int]:
                 try:
-                    return session.chat_prompt(messages, reserve)[0]
+                    return session.chat_prompt(newest_that_may_fit(session, messages), reserve)[0]
                 except ValueError as e:
                     raise RequestError(400, str(e), "messages") from None
         else:
@@ -275,6 +274,20 @@ def create_app(session: ChatSession, config, card: dict | None = None) -> FastAP
         return JSONResponse(final_object(reply, head, chat))
 
     return app
+
+
+def newest_that_may_fit(session: ChatSession, messages: list[dict]) -> list[dict]:
+    """The system message and the newest turns up to the first that alone overflows the context:
+    a superset of what the prompt can keep, found encoding each message once, so fitting the rest
+    stays cheap however long the history a client sends."""
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    kept, tokens = [], 0
+    for m in reversed(messages[len(system) :]):
+        kept.append(m)
+        tokens += 2 + len(session.tok.encode_content(m["content"]))  # role id, text, <|end|>
+        if tokens >= session.context:
+            break
+    return system + kept[::-1]
 
 
 async def finish_with(events: AsyncIterator[bytes], job: Job, watcher: asyncio.Task) -> AsyncIterator[bytes]:
@@ -346,17 +359,22 @@ async def stream_events(
 
     if chat:
         yield chunk({"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None})
-    async for piece in job:
-        if isinstance(piece, Reply):
-            done = {"index": 0, "finish_reason": piece.finish_reason}
-            yield chunk({**done, "delta": {}} if chat else {**done, "text": "", "logprobs": None})
-            if include_usage:
-                yield event({**head, "object": kind, "choices": [], "usage": usage_of(piece)})
-            request.state.log = f"{piece.prompt_tokens}+{piece.completion_tokens} tokens, streamed"
-        elif chat:
-            yield chunk({"index": 0, "delta": {"content": piece}, "finish_reason": None})
-        else:
-            yield chunk({"index": 0, "text": piece, "logprobs": None, "finish_reason": None})
+    try:
+        async for piece in job:
+            if isinstance(piece, Reply):
+                done = {"index": 0, "finish_reason": piece.finish_reason}
+                yield chunk({**done, "delta": {}} if chat else {**done, "text": "", "logprobs": None})
+                if include_usage:
+                    yield event({**head, "object": kind, "choices": [], "usage": usage_of(piece)})
+                request.state.log = f"{piece.prompt_tokens}+{piece.completion_tokens} tokens, streamed"
+            elif chat:
+                yield chunk({"index": 0, "delta": {"content": piece}, "finish_reason": None})
+            else:
+                yield chunk({"index": 0, "text": piece, "logprobs": None, "finish_reason": None})
+    except Exception as e:  # the 200 is sent: report the failure as an event, as OpenAI does
+        log.exception("generation failed mid-stream")
+        request.state.log = f"failed mid-stream: {type(e).__name__}"
+        yield event({"error": {"message": str(e), "type": "server_error", "param": None, "code": None}})
     yield b"data: [DONE]\n\n"
 
 

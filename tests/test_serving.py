@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import requests
 from chat_factory import write_chat_checkpoint
 
 from serving.server import ModelServer, ServeConfig, exposure_warning
-from training.chat import load_chat_session
+from training.chat import encode_chat, load_chat_session
 
 ROOT = Path(__file__).resolve().parents[1]
 HELLO = [{"role": "user", "content": "Olá! Quem escreveu «Os Lusíadas»?"}]
@@ -134,14 +135,23 @@ def test_bodies_that_are_not_a_json_object_are_a_400(server, data, fragment):
 
 
 def test_long_history_is_trimmed_to_what_fits(server, session):
-    """2,000 turns (under the message cap) are answered like the last few: only what fits is encoded."""
+    """2,000 turns (under the message cap) are answered exactly like the newest 150 (more than fit)."""
     turns = [
         {"role": "user" if i % 2 == 0 else "assistant", "content": f"frase número {i}"} for i in range(2000)
     ]
-    body = {"messages": [{"role": "system", "content": "Responde em português."}, *turns, *HELLO]}
-    r = requests.post(server.url + CHAT, json={**body, "max_tokens": 4, "seed": 0}, timeout=60)
-    assert r.status_code == 200, r.text
-    assert r.json()["usage"]["prompt_tokens"] <= session.context - 4
+    system = [{"role": "system", "content": "Responde em português."}]
+
+    def ask(history: list) -> dict:
+        body = {"messages": system + history + HELLO, "max_tokens": 8, "seed": 0}
+        r = requests.post(server.url + CHAT, json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    everything, newest = ask(turns), ask(turns[-150:])
+    whole = encode_chat(session.tok, system + turns[-150:] + HELLO, add_generation_prompt=True)[0]
+    assert newest["usage"]["prompt_tokens"] < len(whole)  # the 150 do not all fit: both were cut
+    assert everything["usage"] == newest["usage"] and everything["choices"] == newest["choices"]
+    assert everything["usage"]["prompt_tokens"] <= session.context - 8
 
 
 # -----------------------------------------------------------------------------------------------
@@ -180,6 +190,20 @@ def test_a_half_sent_body_times_out_with_a_408_and_the_connection_closes(server)
     response = raw_exchange(server, head + b'{"messages": ', wait=15)
     assert status_of(response) == 408 and b"did not arrive" in response
     assert time.monotonic() - start < 14  # closed by the server, not by our read timeout
+
+
+def test_a_body_trickled_a_byte_at_a_time_times_out_with_a_408(server):
+    """Each byte arrives in time, the whole body does not: the limit is on the body, not per read."""
+    body = json.dumps({"messages": HELLO, "max_tokens": 2}).encode()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    with socket.create_connection(address(server), timeout=15) as s:
+        s.sendall(head)
+        for byte in body:
+            s.sendall(bytes([byte]))
+            if select.select([s], [], [], 0.1)[0]:  # the server has answered
+                break
+        response = s.recv(65536)
+    assert status_of(response) == 408
 
 
 @pytest.mark.parametrize(
