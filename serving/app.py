@@ -178,6 +178,11 @@ def create_app(session: ChatSession, config, card: dict | None = None) -> FastAP
     async def _http_error(request: Request, e: HTTPException):
         return error_response(e.status_code, f"no route {request.method} {request.url.path}")
 
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, e: Exception):
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(e).__name__, e)
+        return error_response(500, f"the server failed: {type(e).__name__}")
+
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, e: RequestError):
         return error_response(e.status, e.message, e.param)
@@ -265,6 +270,8 @@ def create_app(session: ChatSession, config, card: dict | None = None) -> FastAP
             reply = None
             async for item in job:
                 reply = item
+        except ValueError as e:  # the engine refused the request (its checks run as it starts)
+            raise RequestError(400, str(e)) from None
         finally:
             job.cancel()
             watcher.cancel()

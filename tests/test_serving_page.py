@@ -106,3 +106,23 @@ def test_the_page_speaks_portuguese_and_offers_examples(server, driver):
     wait_for_reply(driver, 1)
     assert driver.find_element(By.CSS_SELECTOR, ".msg.user").text == text
     assert not driver.find_elements(By.CSS_SELECTOR, ".msg.error")
+
+
+def test_a_server_with_an_api_key_asks_for_it(server, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    session = server.app.state.worker.session
+    with ModelServer(session, ServeConfig(port=0, api_key="chave-secreta")) as locked:
+        driver.get(locked.url + "/")
+        box = driver.find_element(By.ID, "key-box")
+        WebDriverWait(driver, 30).until(lambda d: box.is_displayed())
+        driver.find_element(By.ID, "api-key").send_keys("chave-secreta")
+        driver.find_element(By.ID, "key-save").click()
+        WebDriverWait(driver, 30).until(
+            lambda d: "contexto de 128 tokens" in d.find_element(By.ID, "about").text
+        )
+        assert not box.is_displayed()
+        driver.find_element(By.ID, "input").send_keys("Olá")
+        driver.find_element(By.ID, "send").click()
+        assert wait_for_reply(driver, 1).strip() and not driver.find_elements(By.CSS_SELECTOR, ".msg.error")
