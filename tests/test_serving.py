@@ -391,3 +391,22 @@ def test_listen_backlog_takes_a_burst_of_connections(server):
     finally:
         for c in conns:
             c.close()
+
+
+def test_training_never_imports_the_web_stack():
+    """training/ runs on a bare GPU box: the server's packages stay in serving/."""
+    import ast
+
+    web = {"fastapi", "starlette", "uvicorn", "pydantic", "h11", "serving"}
+    for path in sorted((ROOT / "training").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            assert not {n.split(".")[0] for n in names} & web, f"{path.name} imports {names}"
+
+
+def test_the_cli_loads_no_web_stack_and_no_torch_until_serve_model_runs():
+    code = "import sys, ptgpt.cli; print(sorted({'torch', 'uvicorn', 'fastapi'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stderr
