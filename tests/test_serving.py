@@ -410,3 +410,39 @@ def test_the_cli_loads_no_web_stack_and_no_torch_until_serve_model_runs():
     code = "import sys, ptgpt.cli; print(sorted({'torch', 'uvicorn', 'fastapi'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.mark.slow
+def test_serve_model_for_real_logs_each_request_and_stops_on_ctrl_c(checkpoint):
+    import signal
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "ptgpt", "serve-model", "--run", str(checkpoint), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except requests.RequestException:  # bound, but the model is still loading
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert health.json()["status"] == "ok"
+        r = requests.post(
+            f"http://127.0.0.1:{port}{CHAT}", json={"messages": HELLO, "max_tokens": 3}, timeout=60
+        )
+        assert r.status_code == 200
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[0].startswith("serving ") and f"127.0.0.1:{port}" in lines[0]
+    assert sum('"GET /health" 200' in line for line in lines) >= 1
+    assert sum('"POST /v1/chat/completions" 200' in line for line in lines) == 1
+    assert "Traceback" not in stderr
