@@ -67,3 +67,18 @@ def write_base_run(run: Path, corpus: Path, seed: int = 0, **overrides) -> Path:
     model = GPT(ModelConfig.preset("tiny", **{**TINY, **overrides}, vocab_size=sp.get_piece_size()))
     extra = {"tokenizer_path": str((corpus / "tokenizer.model").resolve()), "corpus": str(corpus.resolve())}
     return save_model(model, run, extra=extra)
+
+
+def write_chat_checkpoint(root: Path, **overrides) -> Path:
+    """An untuned chat checkpoint (a tiny base with the chat rows and template): what chat and
+    serve-model load. `overrides` change the base model (e.g. max_seq_len=128, the demo's context)."""
+    from training.chat import add_chat_tokens, chat_metadata, load_chat_tokenizer
+    from training.checkpoint import load_model, read_checkpoint_config
+
+    corpus = write_sample_corpus(root / "corpus", n_extra=0)
+    base = write_base_run(root / "base", corpus, **overrides)
+    meta = read_checkpoint_config(base)
+    tok = load_chat_tokenizer(meta["tokenizer_path"])
+    model = add_chat_tokens(load_model(base), tok)
+    extra = {"tokenizer_path": meta["tokenizer_path"], "chat": chat_metadata(tok)}
+    return save_model(model, root / "chat", extra=extra)

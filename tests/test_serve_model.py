@@ -1,20 +1,18 @@
-"""`ptgpt serve-model`: the OpenAI-compatible API on 127.0.0.1 (requests and the openai client), and
-the chat page driven in the real headless Chromium."""
+"""`ptgpt serve-model`: the OpenAI-compatible API on 127.0.0.1 (requests and the openai client).
+Hostile requests: test_serving.py; the chat page in Chromium: test_serving_page.py."""
 
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
 import pytest
 import requests
-from chat_factory import write_base_run, write_sample_corpus
+from chat_factory import write_chat_checkpoint
 
-from training.chat import add_chat_tokens, chat_metadata, load_chat_session, load_chat_tokenizer
-from training.checkpoint import load_model, read_checkpoint_config, save_model
-from training.serve import ModelServer
+from serving.server import ModelServer, ServeConfig
+from training.chat import load_chat_session
 
 HELLO = [{"role": "user", "content": "Olá! Quem escreveu «Os Lusíadas»?"}]
 
@@ -22,20 +20,12 @@ HELLO = [{"role": "user", "content": "Olá! Quem escreveu «Os Lusíadas»?"}]
 @pytest.fixture(scope="module")
 def chat_checkpoint(tmp_path_factory) -> Path:
     """A (untuned) chat checkpoint: a tiny base with the chat rows and the template recorded."""
-    root = tmp_path_factory.mktemp("serve")
-    corpus = write_sample_corpus(root / "corpus", n_extra=0)
-    base = write_base_run(root / "base", corpus)
-    meta = read_checkpoint_config(base)
-    tok = load_chat_tokenizer(meta["tokenizer_path"])
-    model = add_chat_tokens(load_model(base), tok)
-    return save_model(
-        model, root / "chat", extra={"tokenizer_path": meta["tokenizer_path"], "chat": chat_metadata(tok)}
-    )
+    return write_chat_checkpoint(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
 def server(chat_checkpoint):
-    with ModelServer(load_chat_session(chat_checkpoint), "127.0.0.1", 0) as s:
+    with ModelServer(load_chat_session(chat_checkpoint), ServeConfig(port=0)) as s:
         yield s
 
 
@@ -161,59 +151,3 @@ def test_openai_client(server):
     assert "".join(chunk.choices[0].delta.content or "" for chunk in stream) == text
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=model.id, messages=[{"role": "robot", "content": "x"}])
-
-
-# -----------------------------------------------------------------------------------------------
-# The page, in the real browser
-
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
-
-
-@pytest.mark.browser
-def test_chat_page_streams_a_reply_in_chromium(server):
-    if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-        if os.environ.get("CI"):
-            raise RuntimeError(f"CI must run the browser tests: {CHROMIUM} / {CHROMEDRIVER} missing")
-        pytest.skip("Debian chromium / chromium-driver not installed")
-    import tempfile
-
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    from scraping.browser import CHROMIUM_FLAGS
-
-    opts = Options()
-    for flag in CHROMIUM_FLAGS:
-        opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={tempfile.mkdtemp(prefix='ptgpt-chat-page-')}")
-    opts.add_argument("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1, EXCLUDE localhost")
-    opts.binary_location = CHROMIUM
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    try:
-        driver.get(server.url + "/")
-        # Record every length the reply bubble's text takes while it streams.
-        driver.execute_script(
-            """window.lengths = [];
-            new MutationObserver(() => {
-              const out = document.querySelector('.msg.assistant:last-of-type');
-              if (out) window.lengths.push(out.textContent.length);
-            }).observe(document.getElementById('messages'),
-                       {childList: true, subtree: true, characterData: true});"""
-        )
-        driver.find_element(By.ID, "max_tokens").clear()
-        driver.find_element(By.ID, "max_tokens").send_keys("24")
-        driver.find_element(By.ID, "input").send_keys("Olá, como estás?")
-        driver.find_element(By.ID, "send").click()
-        wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".msg.assistant[data-done='true']"))
-        assert driver.find_element(By.CSS_SELECTOR, ".msg.user").text == "Olá, como estás?"
-        reply = driver.find_element(By.CSS_SELECTOR, ".msg.assistant").text
-        assert reply.strip() and not driver.find_elements(By.CSS_SELECTOR, ".msg.error")
-        lengths = [n for n in driver.execute_script("return window.lengths") if n > 0]
-        assert len(set(lengths)) > 1  # the text grew piece by piece: it streamed
-        assert "ptgpt" in driver.title
-    finally:
-        driver.quit()

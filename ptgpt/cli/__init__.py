@@ -17,7 +17,7 @@ import click
 
 from common.errors import UserError, describe_os_error
 from ptgpt import __version__
-from ptgpt.cli.chat import chat, instructions, serve_model
+from ptgpt.cli.chat import chat, instructions
 from ptgpt.cli.corpus import corpus
 from ptgpt.cli.demo import demo
 from ptgpt.cli.evaluate import compare, eval_command
@@ -25,6 +25,7 @@ from ptgpt.cli.finetune import classify, sft
 from ptgpt.cli.model import export_hf
 from ptgpt.cli.pipeline import build, run, serve
 from ptgpt.cli.scrape import mirror, scrape
+from ptgpt.cli.serve_model import serve_model
 from ptgpt.cli.train import generate, train
 
 DEBUG_ENV = "PTGPT_DEBUG"
