@@ -54,7 +54,7 @@ from training.chat import load_chat_tokenizer
 from training.config import ConfigError, TrainConfig
 from training.data import CorpusInfo, DevicePrefetcher, LoaderConfig, TokenWindowLoader, verify_shards
 from training.engine import SamplingConfig, sample_texts
-from training.eval_tasks import quick_eval
+from training.eval_tasks import baseline_figures, quick_eval
 from training.evaluate import SAMPLE_PROMPTS, evaluate
 from training.loop import (
     SUMMARY_KEYS,  # noqa: F401 - the CLI prints these
@@ -163,7 +163,8 @@ class PretrainTask(Task):
     def __init__(self, c: TrainConfig):
         self.c = c
         self.prefetchers: dict[int, DevicePrefetcher] = {}
-        self.tokenizer = None  # SentencePiece on rank 0, for samples and the quick suite
+        self.tokenizer = None  # rank 0, for samples and the quick suite
+        self._baselines: dict | None = None
 
     def prepare(self, d: Dist, verify: bool | None = None) -> None:
         c = self.c
@@ -258,18 +259,34 @@ class PretrainTask(Task):
             c.eval_batch_size or c.batch_size,
             c.eval_batches,
             run.device,
+            precision=run.precision.kind,
         )
         run.val = val
         record = {"val_loss": val["loss"], "val_ppl": val["perplexity"], "val_bpb": val["bpb"]}
         if run.d.is_main:
-            run.write(
-                f"step {run.step}: val loss {val['loss']:.4f}, ppl {val['perplexity']:.2f}, bpb {val['bpb']:.4f}"
-            )
+            line = f"step {run.step}: val loss {val['loss']:.4f}, ppl {val['perplexity']:.2f}, bpb {val['bpb']:.4f}"
+            if c.eval_tasks:
+                record.update(self.baselines())
+            if "ngram_val_bpb" in record:
+                ngram = record["ngram_val_bpb"]
+                verdict = "beats" if val["bpb"] < ngram else "loses to"
+                line += f" ({verdict} the {record['ngram_order']}-gram's {ngram:.4f})"
+            run.write(line)
             if self.tokenizer is not None and c.samples:
                 self.write_samples(run)
             if self.tokenizer is not None and c.eval_tasks:
-                record.update(quick_eval(run.gpt, self.tokenizer, c.corpus))
+                record.update(quick_eval(run.gpt, self.tokenizer.sp, c.corpus))
         return record
+
+    def baselines(self) -> dict:
+        """The n-gram and heuristic figures beside the model's (fitted once per corpus, then cached)."""
+        if self._baselines is None:
+            try:
+                self._baselines = baseline_figures(self.c.corpus, self.block_size)
+            except Exception as e:  # noqa: BLE001 - a baseline is a reference; never fail a run for it
+                warnings.warn(f"n-gram baselines unavailable: {e}", stacklevel=1)
+                self._baselines = {}
+        return self._baselines
 
     def write_samples(self, run: Run) -> None:
         sampling = SamplingConfig(self.c.sample_tokens, temperature=0.8, top_k=50, seed=1234)
