@@ -309,7 +309,14 @@ def corpus_result(manifest: dict, download: dict, words: dict[str, int], out: Pa
 
 
 # -- train-model -------------------------------------------------------------------------------------
-def train_config(corpus: str, run: str, preset: str, max_steps: int, overrides: dict | None):
+def train_config(
+    corpus: str,
+    run: str,
+    preset: str,
+    max_steps: int | None,
+    overrides: dict | None,
+    time_budget: str | float | None = None,
+):
     """TrainConfig from the flow's parameters. `overrides` may name TrainConfig fields and ModelConfig
     fields (the latter become model overrides; or put them under a "model" key). Unknown names fail."""
     from dataclasses import fields
@@ -318,7 +325,7 @@ def train_config(corpus: str, run: str, preset: str, max_steps: int, overrides: 
 
     overrides = dict(overrides or {})
     model = dict(overrides.pop("model", None) or {})
-    fixed = {"corpus", "run_dir", "preset", "max_steps", "model_overrides"}
+    fixed = {"corpus", "run_dir", "preset", "max_steps", "model_overrides", "time_budget"}
     train_names = {f.name for f in fields(TrainConfig)} - fixed
     model_names = {f.name for f in fields(ModelConfig)}
     kwargs = {"progress": False}  # the flow reports progress as an artifact instead of a tqdm bar
@@ -334,6 +341,7 @@ def train_config(corpus: str, run: str, preset: str, max_steps: int, overrides: 
         run_dir=str(run),
         preset=preset,
         max_steps=max_steps,
+        time_budget=time_budget,
         model_overrides=model,
         **kwargs,
     )
@@ -344,11 +352,13 @@ def train_model_flow(
     corpus: str,
     run: str,
     preset: str = TrainConfig.preset,
-    max_steps: int = TrainConfig.max_steps,
+    max_steps: int | None = TrainConfig.max_steps,
     overrides: dict | None = None,
     nproc: int = 1,
+    time_budget: float | str | None = None,
 ) -> dict:
-    """Train (or continue) the run folder RUN on a built corpus, up to `max_steps` steps in total.
+    """Train (or continue) the run folder RUN on a built corpus, up to `max_steps` steps in total or
+    for `time_budget` ("30m", "2h": training time; the learning rate decays over it), whichever ends first.
 
     overrides: TrainConfig fields (batch_size, lr, eval_every, ...) and ModelConfig fields (n_layer,
     n_embd, ...) replacing the defaults and the preset's values. nproc > 1 launches torchrun with
@@ -356,18 +366,23 @@ def train_model_flow(
     """
     from training.metrics import read_metrics
 
-    config = train_config(corpus, run, preset, max_steps, overrides)
+    config = train_config(corpus, run, preset, max_steps, overrides, time_budget)
     cb.load_manifest(corpus)  # a clear error for a corpus that is missing or unfinished
-    progress = artifacts.Progress("train-progress", max_steps, "training steps")
+    by_time = config.time_budget is not None
+    total = int(config.time_budget) if by_time else config.max_steps
+    progress = artifacts.Progress(
+        "train-progress", total, "training seconds" if by_time else "training steps"
+    )
 
     def on_log(record: dict) -> None:  # each metrics record, from train() or torchrun's rank 0
-        progress.advance(record["step"] - progress.done)
+        done = int(record["train_seconds"]) if by_time else record["step"]
+        progress.advance(done - progress.done)
 
     if nproc > 1:
         summary = tasks.train_model_torchrun(config, nproc, on_log)
     else:
         summary = tasks.train_model(config, on_log)
-    progress.set(summary["step"])
+    progress.set(int(summary["train_seconds"]) if by_time else summary["step"])
     artifacts.training_artifacts(summary, read_metrics(run), run)
     if summary["interrupted"]:
         raise RuntimeError(
@@ -375,6 +390,7 @@ def train_model_flow(
             "rerun to continue from its checkpoint"
         )
     keys = ("run_dir", "start_step", "step", "final_loss", "val_loss", "val_bpb", "checkpoint", "tokens_seen")
+    keys += ("train_seconds", "eval_seconds")
     return {k: summary.get(k) for k in keys}
 
 
@@ -396,12 +412,14 @@ def corpus_and_train_flow(
     extra: list[str] | None = None,
     text_field: str = "text",
     preset: str = TrainConfig.preset,
-    max_steps: int = TrainConfig.max_steps,
+    max_steps: int | None = TrainConfig.max_steps,
     overrides: dict | None = None,
     nproc: int = 1,
+    time_budget: float | str | None = None,
 ) -> dict:
     """The project's main job: build-corpus into OUT, then train-model into RUN on it."""
-    train_config(out, run, preset, max_steps, overrides)  # a bad preset or override fails before any download
+    # a bad preset, override or budget fails before any download
+    train_config(out, run, preset, max_steps, overrides, time_budget)
     corpus = build_corpus_flow(
         source=source,
         out=out,
@@ -418,7 +436,13 @@ def corpus_and_train_flow(
         text_field=text_field,
     )
     trained = train_model_flow(
-        corpus=out, run=run, preset=preset, max_steps=max_steps, overrides=overrides, nproc=nproc
+        corpus=out,
+        run=run,
+        preset=preset,
+        max_steps=max_steps,
+        overrides=overrides,
+        nproc=nproc,
+        time_budget=time_budget,
     )
     return {"corpus": corpus, "train": trained}
 

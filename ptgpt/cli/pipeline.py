@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from ptgpt.cli.corpus import text_options
-from ptgpt.cli.train import max_steps_option, nproc_option, preset_option
+from ptgpt.cli.train import max_steps_option, nproc_option, preset_option, time_budget_option
 
 
 @click.command()
@@ -109,6 +109,7 @@ def build(out: Path, extras: tuple[str, ...], **params) -> None:
 )
 @preset_option
 @max_steps_option
+@time_budget_option
 @nproc_option
 def run(out: Path, run_dir: Path, extras: tuple[str, ...], **params) -> None:
     """Run corpus-and-train (the main job) in this process."""

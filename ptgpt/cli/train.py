@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ptgpt.cli.options import Duration, config_options, pick
+from ptgpt.cli.options import Duration, OptionalNumber, config_options, pick
 from training.config import TrainConfig
 
 
@@ -42,10 +42,10 @@ time_budget_option = click.option(
 )
 max_steps_option = click.option(
     "--max-steps",
-    type=click.IntRange(min=1),
+    type=OptionalNumber(int),
     default=TrainConfig.max_steps,
     show_default=True,
-    help="Total optimizer steps; a rerun continues up to this number.",
+    help="Total optimizer steps; a rerun continues up to this number (none: only --time-budget).",
 )
 nproc_option = click.option(
     "--nproc",
