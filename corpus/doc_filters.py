@@ -63,7 +63,7 @@ SPAM_WORDS = frozenset({
     "compre", "frete", "grátis", "gratis", "promoção", "promoções", "desconto", "descontos", "imperdível",
     "imperdíveis", "aproveite", "clique", "cadastre", "ganhe", "bônus", "bonus", "cassino", "casino",
     "apostas", "aposte", "parcelas", "cupom", "whatsapp", "emagrecer", "emagreça", "online", "site",
-    "acesse", "acessar", "confira", "garanta", "garantido", "encomende", "preços", "loja", "lojas", "celulares",
+    "acesse", "acessar", "confira", "garanta", "garantido", "encomende", "preços", "celulares",
 })
 # fmt: on
 _URL = re.compile(r"https?://|www\.\w|\b[\w.-]+\.(?:com|org|net|br|pt)(?:/|\b)", re.IGNORECASE)
