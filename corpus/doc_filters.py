@@ -15,7 +15,7 @@ keywords, machine-made text that repeats itself. `clean_document` runs, in order
                 for the books: the identifier confuses the two on real Portuguese)
     quality     Gopher-style (Rae et al. 2021) rules with Portuguese settings: `mean_word_length`,
                 `symbols`, `digits`, `uppercase`, `few_letters`, `few_stop_words` (Portuguese function
-                words), `bullet_lines`, `ellipsis_lines`
+                words), `spam_words` (advertising vocabulary), `bullet_lines`, `ellipsis_lines`
     repetition  Gopher's repetition rules: `duplicate_lines`, `duplicate_line_chars`,
                 `top_ngram_<n>` (the most frequent n-gram covers too many characters) and
                 `duplicate_ngram_<n>` (characters inside n-grams seen more than once)
@@ -25,6 +25,13 @@ The thresholds are Gopher's where they are language-neutral; the word-length win
 and the digit ratio were set for Portuguese (mean word length of Portuguese prose is ~4.6 letters,
 Gopher's English window is 3-10; Portuguese dates and numbers are written with more digits than the
 English rule allows for news text).
+
+Portuguese typography, read on real dialogue, verse and plays of the books (bench/bench_keep.py): a line
+opened by a dash (—, –, --, -) is dialogue when it reads as a sentence, not a list bullet, and « » open
+and continue quotations; lines of dialogue and verse trailing off in "..." are style, not teasers; a
+play's speaker labels ("ANTÓNIO.", "D. BRANCA —") repeat and are upper case by nature, so the
+upper-case and duplicate-line rules leave them out; the n-gram rules wait for 50 words, since a refrain
+is a large share of a short poem.
 """
 
 from __future__ import annotations

@@ -75,13 +75,17 @@ _GATE_PUNCTUATION = ',.;:!?«»"()—…_[]'  # apostrophe and hyphen stay: "d'e
 _PLAIN_EXTRA = " \n'-/&%°§"
 _PLAIN_EXTRA_ASCII = bytes(c for c in _PLAIN_EXTRA.encode("utf-8") if c < 128)
 _PLAIN_EXTRA_MULTIBYTE = [c.encode("utf-8") for c in _PLAIN_EXTRA if ord(c) >= 128]
-_SYMBOL_OR_DIGIT_RE = re.compile(r"[^\w\s.,;:!?'\"«»()\[\]\-—…/&%ºª°§]|\d")
+# "|" between two letters divides syllables (a reading primer's "pa|la|vra"); elsewhere it draws tables.
+_SYMBOL_OR_DIGIT_RE = re.compile(
+    r"[^\w\s.,;:!?'\"«»()\[\]\-—…/&%ºª°§|]|\d|(?<![^\W\d_])\||\|(?![^\W\d_])"
+)
 # A contents/index line: words then a page number after a dotted leader or spaces, or a list of pages.
 _TOC_LINE_RE = re.compile(
     r"^(?=.*[^\W\d_]).{0,100}?(?:(?:\.{2,}|…|\s)\s*\d{1,4}\.?|\d{1,4}(?:\s*[,;–-]\s*\d{1,4}){1,}\.?)$"
 )
 _SENTENCE_END = frozenset(".!?…:;")
 _CLOSERS = "»\"') "  # closing quotes/brackets after the final punctuation
+_DOT_ROW_RE = re.compile(r"[.…\s*]*(?:\. \.|\.\.\.\.)[.…\s*]*")
 _DOT_LEADER_RE = re.compile(r"\.{4,}|…{2,}|(?:\. ){3,}")
 
 
@@ -360,10 +364,15 @@ def _is_label(paragraph: str, min_chars: int) -> bool:
 def group_short_paragraphs(paragraphs: list[str], min_chars: int = 20) -> list[str]:
     """Each run of labels/headings joined, with line breaks, to the paragraph after it (or, at the end
     of the book, to one another): "SCENA II", "SEBASTIANA", "Ah, que calor!" become one paragraph.
-    Separators with no letter or digit ("* * *") are left alone in between, to be dropped."""
+    Separators with no letter or digit ("* * *") are left alone in between, to be dropped, and rows of
+    dots marking omitted verses (". . . . .") are taken out of a stanza, which would otherwise fail the
+    filler ratio whole."""
     out: list[str] = []
     run: list[str] = []
     for p in paragraphs:
+        if "\n" in p and (". . ." in p or "...." in p):
+            lines = [ln for ln in p.split("\n") if not _DOT_ROW_RE.fullmatch(ln)]
+            p = "\n".join(lines) if lines else p
         if _is_label(p, min_chars):
             run.append(p)
         elif run and (len(p) >= min_chars or any(c.isalnum() for c in p)):

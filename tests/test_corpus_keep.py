@@ -141,3 +141,16 @@ def test_title_page_stays_whole_and_a_lone_heading_at_the_end_is_dropped():
     )
     assert grouped == ["O MANDARIM\nPOR\nEÇA DE QUEIROZ\nLISBOA\n1880\nEra uma vez."]
     assert filter_paragraphs(["Era uma vez um mandarim muito rico.", "FIM"]).drops == {"too_short": 1}
+
+
+def test_stanza_with_rows_of_omission_dots_and_a_primer_with_syllable_bars_are_kept():
+    stanza = ". . . . . . . . . . . . . . . . . . . .\nNa lucta, sim! Na lucta! Ella ha-de ser perigosa,\n"
+    stanza += "Tem força o estrangeiro e nós desamparados,\n. . . . . . . . . . . . . . . . . . . ."
+    primer = "—Pa|ra a ti|a Car|lo|ta ver a gra|vu|ra do ca|ça|dor."
+    table = "| Concelhos | Fogos | Almas |\n| Braga | 12 | 40 |\n| Porto | 30 | 95 |\n| Viseu | 8 | 27 |"
+    result = filter_paragraphs([stanza, primer, table])
+    assert result.kept == [
+        "Na lucta, sim! Na lucta! Ella ha-de ser perigosa,\nTem força o estrangeiro e nós desamparados,",
+        primer,
+    ]
+    assert result.drops["symbols"] + result.drops["digits"] == 1  # the table still goes
