@@ -334,7 +334,7 @@ def extra_part(books: Path, per_kind: int, code: Path, workers: int, seed: int) 
                 "--quiet",
             ],
         ):
-            done = subprocess.run(cli + args, env=env, capture_output=True, text=True)
+            done = subprocess.run(cli + args, env=env, cwd=code, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"{' '.join(args[:2])} failed:\n{done.stdout}\n{done.stderr}")
         rows = [t for f in sorted((tmp / "corpus").rglob("*.parquet")) for t in pq.read_table(f).to_pylist()]
