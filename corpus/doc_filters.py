@@ -271,7 +271,8 @@ def quality_reason(lines: list[str], config: DocFilterConfig) -> str | None:
     tokens = _TOKEN.findall(text.lower())
     if len(STOP_WORDS.intersection(tokens)) < config.min_stop_words:
         return "few_stop_words"
-    if sum(map(SPAM_WORDS.__contains__, tokens)) / n_words > config.max_spam_word_ratio:
+    spam_hits = sum(map(SPAM_WORDS.__contains__, tokens))  # one alone is news ("o site do ministério")
+    if spam_hits >= 2 and spam_hits / n_words > config.max_spam_word_ratio:
         return "spam_words"
     if sum(map(is_bullet_line, lines)) / len(lines) > config.max_bullet_line_fraction:
         return "bullet_lines"

@@ -101,9 +101,10 @@ def test_spam_is_still_dropped(text, reason):
     assert kept(text) == reason
 
 
-def test_spam_words_leave_prose_about_shops_alone():
+def test_spam_words_leave_prose_about_shops_and_short_news_alone():
     prose = "O pai foi à loja comprar papel e tinta, e voltou tarde, porque a loja estava cheia de gente."
     assert kept(prose) is None
+    assert kept("O site do ministério ficou fora do ar durante toda a manhã de ontem.") is None
 
 
 def test_foreign_paragraph_is_still_dropped_when_short():
