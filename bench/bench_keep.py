@@ -16,6 +16,17 @@ function the build runs on it. Copies must come out exactly once (the book's par
 Books: every book of the shared set through the book cleaner's stages; per book, the share of its
 Portuguese letters kept (letters of the kept paragraphs over the letters of all paragraphs less those
 dropped as foreign), with min, median and the books under 0.95, and paragraphs/characters kept in all.
+
+Measured on this 2-core machine (60 documents a kind, seed 0), base commit -> this change:
+    clean Portuguese kept           47.1% -> 98.1% (dialogue 26.7 -> 100, verse 13.3 -> 96.7,
+                                    short 0 -> 98.3, guillemets 75 -> 98.3, prose 84.7 -> 100, play 83.3 -> 95)
+    foreign kept                     3.3% -> 3.3% (2 footnotes in Portuguese quoting French/Spanish)
+    spam, short ads kept             0% -> 0%;  copies present once: 100% -> 100%
+    books under 0.95 (485 books)     17 -> 2 (31656 0.807, 39086 0.923: their ASCII tables);
+                                    min 0.787 -> 0.807, median 0.997 -> 1.000; tables not counted: min 0.991
+    books' too_short drops           36,862 -> 3,882 paragraphs (now "* * *" separators, a final "FIM")
+    books' characters kept           77,716,031 -> 78,003,990 of 79.3M (+0.37%); paragraphs 314,008 ->
+                                    310,787 (labels and headings now share a paragraph with their text)
 """
 
 from __future__ import annotations

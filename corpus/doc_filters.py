@@ -260,9 +260,11 @@ def quality_reason(lines: list[str], config: DocFilterConfig) -> str | None:
         return "symbols"
     labels = [line for line in lines if is_speaker_label(line)]  # a play's labels are upper case by nature
     label_letters = sum(len(_NON_LETTERS.sub("", line)) for line in labels)
-    if len(letters) > label_letters and (_count_upper(letters) - label_letters) / (
-        len(letters) - label_letters
-    ) > config.max_uppercase_ratio:
+    if (
+        len(letters) > label_letters
+        and (_count_upper(letters) - label_letters) / (len(letters) - label_letters)
+        > config.max_uppercase_ratio
+    ):
         return "uppercase"
     # a free-standing "..." of hesitant dialogue ("Talvez ... enganasse") is punctuation, not a word
     loose_dots = text.count(" ... ") + text.count(" … ")

@@ -77,9 +77,7 @@ _PLAIN_EXTRA = " \n'-/&%°§"
 _PLAIN_EXTRA_ASCII = bytes(c for c in _PLAIN_EXTRA.encode("utf-8") if c < 128)
 _PLAIN_EXTRA_MULTIBYTE = [c.encode("utf-8") for c in _PLAIN_EXTRA if ord(c) >= 128]
 # "|" between two letters divides syllables (a reading primer's "pa|la|vra"); elsewhere it draws tables.
-_SYMBOL_OR_DIGIT_RE = re.compile(
-    r"[^\w\s.,;:!?'\"«»()\[\]\-—…/&%ºª°§|]|\d|(?<![^\W\d_])\||\|(?![^\W\d_])"
-)
+_SYMBOL_OR_DIGIT_RE = re.compile(r"[^\w\s.,;:!?'\"«»()\[\]\-—…/&%ºª°§|]|\d|(?<![^\W\d_])\||\|(?![^\W\d_])")
 # A contents/index line: words then a page number after a dotted leader or spaces, or a list of pages.
 _TOC_LINE_RE = re.compile(
     r"^(?=.*[^\W\d_]).{0,100}?(?:(?:\.{2,}|…|\s)\s*\d{1,4}\.?|\d{1,4}(?:\s*[,;–-]\s*\d{1,4}){1,}\.?)$"
@@ -354,10 +352,11 @@ def drop_reason(paragraph: str, config: FilterConfig, plain_head: str | None = N
 
 
 def _is_label(paragraph: str, min_chars: int) -> bool:
-    """A heading or speaker label: not a sentence, holds a word or a number, and is short (under
-    `min_chars`, or an upper-case line like "D. PEDRO E D. HENRIQUE." up to 60 characters)."""
+    """A heading or speaker label: not a sentence, holds a letter (a bare number is a page number, not
+    to be glued to the text), and is short (under `min_chars`, or an upper-case line like
+    "D. PEDRO E D. HENRIQUE." up to 60 characters)."""
     n = len(paragraph)
-    if n >= 60 or not any(c.isalnum() for c in paragraph) or is_sentence(paragraph):
+    if n >= 60 or not any(c.isalpha() for c in paragraph) or is_sentence(paragraph):
         return False
     return n < min_chars or ("\n" not in paragraph and paragraph.isupper())
 

@@ -140,8 +140,10 @@ def test_title_page_stays_whole_and_a_lone_heading_at_the_end_is_dropped():
     grouped = group_short_paragraphs(
         ["O MANDARIM", "POR", "EÇA DE QUEIROZ", "LISBOA", "1880", "Era uma vez."]
     )
-    assert grouped == ["O MANDARIM\nPOR\nEÇA DE QUEIROZ\nLISBOA\n1880\nEra uma vez."]
+    assert grouped == ["O MANDARIM\nPOR\nEÇA DE QUEIROZ\nLISBOA\n1880", "Era uma vez."]
     assert filter_paragraphs(["Era uma vez um mandarim muito rico.", "FIM"]).drops == {"too_short": 1}
+    # a bare page number is not a label: it is not glued to the prose after it
+    assert group_short_paragraphs(["12", "Era uma vez."]) == ["12", "Era uma vez."]
 
 
 def test_stanza_with_rows_of_omission_dots_and_a_primer_with_syllable_bars_are_kept():
