@@ -1,8 +1,16 @@
 """Stage 5: drop paragraphs that are not Portuguese prose or verse, each drop with a reason code.
 
+Before the rules, `group_short_paragraphs` joins each run of short non-sentence paragraphs (speaker
+labels "ANTÓNIO.", "D. BRANCA —", scene headings, the lines of a title page, a one-line stanza) to the
+paragraph that follows, with line breaks: a play keeps its labels with their speeches and a title page
+stays whole, instead of each line being dropped alone. On the 485 shared books (bench/bench_keep.py) the
+books under 0.95 of their Portuguese letters kept went from 17 (plays at 0.885-0.915, title pages) to
+the 2 whose losses are ASCII tables; `too_short` drops went from 36,862 paragraphs to 4,696, nearly all
+"* * *" separators and bare page numbers.
+
 Reason codes (checked in this order, the first that applies is counted):
-  too_short       fewer than `min_chars` characters and not a sentence: headings ("CAPITULO XVII"),
-                  speaker labels ("D. MENDO"), prices, stray marks. Short sentences ("Ninguem.",
+  too_short       fewer than `min_chars` characters and not a sentence, and nothing to join: a lone
+                  heading at the end, prices, stray marks ("* * *"). Short sentences ("Ninguem.",
                   "—Sim.") are the text of dialogue and are kept down to `min_sentence_chars`.
   toc_index       table-of-contents or index lines ("Capitulo I ..... 5", "Abrantes, 12, 45")
   symbols         too many characters that are neither letters, digits, spaces nor common punctuation
@@ -68,13 +76,15 @@ _GATE_PUNCTUATION = ',.;:!?«»"()—…_[]'  # apostrophe and hyphen stay: "d'e
 _PLAIN_EXTRA = " \n'-/&%°§"
 _PLAIN_EXTRA_ASCII = bytes(c for c in _PLAIN_EXTRA.encode("utf-8") if c < 128)
 _PLAIN_EXTRA_MULTIBYTE = [c.encode("utf-8") for c in _PLAIN_EXTRA if ord(c) >= 128]
-_SYMBOL_OR_DIGIT_RE = re.compile(r"[^\w\s.,;:!?'\"«»()\[\]\-—…/&%ºª°§]|\d")
+# "|" between two letters divides syllables (a reading primer's "pa|la|vra"); elsewhere it draws tables.
+_SYMBOL_OR_DIGIT_RE = re.compile(r"[^\w\s.,;:!?'\"«»()\[\]\-—…/&%ºª°§|]|\d|(?<![^\W\d_])\||\|(?![^\W\d_])")
 # A contents/index line: words then a page number after a dotted leader or spaces, or a list of pages.
 _TOC_LINE_RE = re.compile(
     r"^(?=.*[^\W\d_]).{0,100}?(?:(?:\.{2,}|…|\s)\s*\d{1,4}\.?|\d{1,4}(?:\s*[,;–-]\s*\d{1,4}){1,}\.?)$"
 )
 _SENTENCE_END = frozenset(".!?…:;")
 _CLOSERS = "»\"') "  # closing quotes/brackets after the final punctuation
+_DOT_ROW_RE = re.compile(r"[.…\s*]*(?:\. \.|\.\.\.\.)[.…\s*]*")
 _DOT_LEADER_RE = re.compile(r"\.{4,}|…{2,}|(?:\. ){3,}")
 
 
@@ -104,6 +114,9 @@ class FilterConfig:
     min_accept_probability: float = 0.25
     quick_gate: bool = True  # skip the model for paragraphs that are obviously Portuguese
     quick_min_portuguese_words: int = 1  # with the veto list, one Portuguese-only word is enough
+    # Join runs of short non-sentence paragraphs (labels, headings, title-page lines) to the next one.
+    # Books only: in web text a run of short lines is a menu, better dropped than glued to the article.
+    group_short: bool = True
     # Book level: a book whose language-tested text is mostly foreign is rejected as a whole.
     max_foreign_fraction: float = 0.5
 
@@ -338,9 +351,46 @@ def drop_reason(paragraph: str, config: FilterConfig, plain_head: str | None = N
     return None
 
 
+def _is_label(paragraph: str, min_chars: int) -> bool:
+    """A heading or speaker label: not a sentence, holds a letter (a bare number is a page number, not
+    to be glued to the text), and is short (under `min_chars`, or an upper-case line like
+    "D. PEDRO E D. HENRIQUE." up to 60 characters)."""
+    n = len(paragraph)
+    if n >= 60 or not any(c.isalpha() for c in paragraph) or is_sentence(paragraph):
+        return False
+    return n < min_chars or ("\n" not in paragraph and paragraph.isupper())
+
+
+def group_short_paragraphs(paragraphs: list[str], min_chars: int = 20) -> list[str]:
+    """Each run of labels/headings joined, with line breaks, to the paragraph after it (or, at the end
+    of the book, to one another): "SCENA II", "SEBASTIANA", "Ah, que calor!" become one paragraph.
+    Separators with no letter or digit ("* * *") are left alone in between, to be dropped, and rows of
+    dots marking omitted verses (". . . . .") are taken out of a stanza, which would otherwise fail the
+    filler ratio whole."""
+    out: list[str] = []
+    run: list[str] = []
+    for p in paragraphs:
+        if "\n" in p and (". . ." in p or "...." in p):
+            lines = [ln for ln in p.split("\n") if not _DOT_ROW_RE.fullmatch(ln)]
+            p = "\n".join(lines) if lines else p
+        if _is_label(p, min_chars):
+            run.append(p)
+        elif run and (len(p) >= min_chars or any(c.isalnum() for c in p)):
+            run.append(p)
+            out.append("\n".join(run))
+            run = []
+        else:
+            out.append(p)
+    if run:
+        out.append("\n".join(run))
+    return out
+
+
 def filter_paragraphs(paragraphs: list[str], config: FilterConfig | None = None) -> FilterResult:
     """Apply every rule to a book's paragraphs; returns the kept ones in order and counts per reason."""
     config = config or FilterConfig()
+    if config.group_short:
+        paragraphs = group_short_paragraphs(paragraphs, config.min_chars)
     result = FilterResult(kept=[])
     counts = Counter(p for p in paragraphs if len(p) <= config.repeat_max_chars)
     seen: set[str] = set()

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from common.corpus_format import MANIFEST_FILE
 from common.errors import UserError
 from common.files import write_text_atomic
 
@@ -194,6 +195,23 @@ def names_author(key: str, reply: str) -> bool:
 def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return Path(path)
+
+
+def check_instructions_out(out_dir: str | Path, force: bool = False) -> None:
+    """Refuse an --out that holds an instruction set already or is a corpus folder: `ptgpt instructions`
+    must not replace a user's files (or mix jsonl files into a corpus) without --force."""
+    out_dir = Path(out_dir)
+    if force or not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise UserError(f"{out_dir} is a file, not a folder")
+    if (out_dir / MANIFEST_FILE).exists():
+        raise UserError(
+            f"{out_dir} is a corpus folder (it has {MANIFEST_FILE}): choose another --out, or --force"
+        )
+    there = [name for name in ("train.jsonl", "heldout.jsonl") if (out_dir / name).exists()]
+    if there:
+        raise UserError(f"{out_dir} already has {' and '.join(there)}: choose another --out, or --force")
 
 
 def write_instructions(

@@ -13,6 +13,7 @@ import pytest
 from corpus.boilerplate import find_residue, strip_gutenberg_boilerplate
 from corpus.clean import BookRejected, CleanConfig, CleanedBook, clean_book
 from corpus.decode import decode_gutenberg
+from corpus.filters import group_short_paragraphs
 from corpus.normalize import normalize_text, split_paragraphs
 
 
@@ -28,7 +29,7 @@ def test_clean_sample_books(samples):
             assert e.value.reason == "not_portuguese"
             continue
         book = clean_book(b.raw_bytes(), b.id)
-        expected = split_paragraphs(normalize_text(b.body))
+        expected = group_short_paragraphs(split_paragraphs(normalize_text(b.body)))
         assert set(book.paragraphs) <= set(expected)  # nothing invented, nothing left of the boilerplate
         assert book.kept_chars >= 0.95 * sum(map(len, expected)), (b.id, book.drops)
         assert book.replacements == 0 and book.raw_bytes == len(b.raw_bytes())

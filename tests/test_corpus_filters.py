@@ -84,7 +84,8 @@ def test_filter_counts_reasons_and_keeps_order():
         "—Não.",
         OLD_PT_GL,
     ]
-    result = filter_paragraphs(paragraphs, FilterConfig(min_chars=5))
+    # the repeated rule alone: without grouping, as a web document's lines are filtered
+    result = filter_paragraphs(paragraphs, FilterConfig(min_chars=5, group_short=False))
     assert result.kept == ["A MORGADINHA", PT, "—Não.", "—Não.", "—Não.", OLD_PT_GL]
     assert result.drops == {"repeated": 2, "not_portuguese": 2}
     assert result.dropped_chars["not_portuguese"] == len(EN) + len(FR)
@@ -142,7 +143,7 @@ def test_batched_language_id_is_identical_to_py3langid():
 def test_filter_verdicts_equal_the_one_by_one_reference():
     """filter_paragraphs decides common prose inline and batches language id; on a mixed book the
     verdicts must be those of drop_reason + quick gate + detect_language applied paragraph by paragraph."""
-    cfg = FilterConfig()
+    cfg = FilterConfig(group_short=False)  # the rules on the paragraphs as given (grouping is tested apart)
     paragraphs = [PT, EN, "CAPITULO I", FR, "Introducção .......... 12", OLD_PT_GL, "—Sim.", "Lisboa, 1877."]
     paragraphs += ["Quizera-o alli sempre, e mais nada se ouvia na casa.", "x_y_z " * 10, "A" * 30 + " 9"]
     result = filter_paragraphs(paragraphs, cfg)

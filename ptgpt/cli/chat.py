@@ -52,10 +52,14 @@ def _sampling_options(f):
 @click.option("--corpus", "corpus_dir", required=True, type=RUN_DIR, help="A built corpus folder.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True)
-def instructions(corpus_dir: Path, out_dir: Path, seed: int) -> None:
+@click.option(
+    "--force", is_flag=True, help="Replace an instruction set in OUT, or write into a corpus folder."
+)
+def instructions(corpus_dir: Path, out_dir: Path, seed: int, force: bool) -> None:
     """Write the built-in Portuguese instruction set of a corpus: OUT/train.jsonl, OUT/heldout.jsonl."""
-    from corpus.instructions import InstructionConfig, write_instructions
+    from corpus.instructions import InstructionConfig, check_instructions_out, write_instructions
 
+    check_instructions_out(out_dir, force)
     counts = write_instructions(corpus_dir, out_dir, InstructionConfig(seed=seed))
     click.echo(json.dumps(counts, ensure_ascii=False))
 
