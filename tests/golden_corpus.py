@@ -28,7 +28,9 @@ def write_raw_store(raw: Path) -> None:
     books = sample_books(extra=6, extra_kb=8)
     write_sample_books(raw, books)
     original = next(b for b in books if b.id == REPRINT_OF).raw_bytes()
-    (raw / f"{REPRINT_ID}.txt").write_bytes(original.replace(str(REPRINT_OF).encode(), str(REPRINT_ID).encode()))
+    (raw / f"{REPRINT_ID}.txt").write_bytes(
+        original.replace(str(REPRINT_OF).encode(), str(REPRINT_ID).encode())
+    )
 
 
 def corpus_digests(out: Path) -> dict[str, str]:
@@ -46,7 +48,18 @@ def build_sample_corpus(root: Path) -> dict[str, str]:
     raw, out = root / "raw", root / "corpus"
     raw.mkdir()
     write_raw_store(raw)
-    args = ["build", "--raw", str(raw), "--out", str(out), "--vocab-size", str(VOCAB), "--workers", "2", "--quiet"]
+    args = [
+        "build",
+        "--raw",
+        str(raw),
+        "--out",
+        str(out),
+        "--vocab-size",
+        str(VOCAB),
+        "--workers",
+        "2",
+        "--quiet",
+    ]
     result = CliRunner().invoke(corpus, args)
     if result.exit_code != 0:
         raise RuntimeError(f"the sample build failed:\n{result.output}")

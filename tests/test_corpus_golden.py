@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from golden_corpus import GOLDEN, build_sample_corpus
 
 
+@pytest.mark.slow
 def test_books_only_corpus_matches_the_recorded_digests(tmp_path) -> None:
     recorded = json.loads(GOLDEN.read_text())["sha256"]
     assert build_sample_corpus(tmp_path) == recorded
