@@ -20,7 +20,7 @@ import json
 import math
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from common.errors import UserError
@@ -42,11 +42,7 @@ class ExtraSource:
 
     def doc_filters(self, config: DocFilterConfig) -> DocFilterConfig:
         """The document filters of this source: `config` with this source's own length rule."""
-        if self.min_words is None:
-            return config
-        from dataclasses import replace
-
-        return replace(config, min_words=self.min_words)
+        return config if self.min_words is None else replace(config, min_words=self.min_words)
 
     def is_local(self) -> bool:
         return Path(self.spec).exists()
@@ -139,6 +135,10 @@ def _record_id(record: dict, fallback: str) -> str:
     return fallback
 
 
+def _one_line(e: Exception) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
+
+
 def _utf8(data: bytes, where: str) -> str:
     try:
         return data.decode("utf-8")
@@ -213,7 +213,7 @@ class ParquetReader(Reader):
                         yield (str(doc_id) if doc_id not in (None, "") else f"{self.prefix}{row}"), text
                     row += 1
         except (pa.ArrowException, OSError) as e:
-            raise UserError(f"--extra {self.path} is not a readable Parquet file ({e})") from None
+            raise UserError(f"--extra {self.path} is not a readable Parquet file ({_one_line(e)})") from None
 
 
 class TextReader(Reader):
@@ -242,20 +242,27 @@ class DatasetReader(Reader):
         import datasets
 
         spec = str(self.path)
+        where = "" if Path(spec).exists() else "not a file or folder here, and "
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its errors come back as one UserError
+        datasets.logging.disable_progress_bar()
         name, _, config = spec.partition("#")  # "wikimedia/wikipedia#20231101.pt": a named configuration
         try:
             ds = datasets.load_dataset(name, config or None, streaming=True)
         except Exception as e:  # datasets raises many kinds: not found, offline, bad layout
             raise UserError(
-                f"--extra {spec}: not a file or folder here, and datasets.load_dataset could not open it "
-                f"({type(e).__name__}: {e})"
+                f"--extra {spec}: {where}datasets.load_dataset could not open it ({_one_line(e)})"
             ) from e
         splits = ds.items() if isinstance(ds, dict) else [("train", ds)]
-        for split, part in sorted(splits):
-            for i, rec in enumerate(part):
-                text = _text_of(rec, self.text_field, f"dataset {spec} ({split})")
-                if text is not None:
-                    yield _record_id(rec, f"{split}:{i}"), text
+        try:
+            for split, part in sorted(splits):
+                for i, rec in enumerate(part):
+                    text = _text_of(rec, self.text_field, f"dataset {spec} ({split})")
+                    if text is not None:
+                        yield _record_id(rec, f"{split}:{i}"), text
+        except UserError:
+            raise
+        except Exception as e:  # a file of the dataset that cannot be read: a corrupt Parquet file...
+            raise UserError(f"--extra {spec}: reading it failed ({_one_line(e)})") from e
 
 
 FILE_READERS: dict[str, type[Reader]] = {
