@@ -46,9 +46,17 @@ def dataset_card(manifest: dict) -> str:
             f"| {split} | {len(s['books'])} | {s['rows']:,} | {s['tokens']:,} | {s['bytes']:,} | {bpt} "
             f"| {len(s['shards'])} |"
         )
+    lines += _drops_and_config(manifest)
+    if "sources" in manifest:
+        lines += sources_card(manifest)
+    lines += _columns()
+    return "\n".join(lines)
+
+
+def _drops_and_config(manifest: dict) -> list[str]:
     drops = manifest["drops"]
     books = manifest["books"]
-    lines += [
+    lines = [
         "",
         f"Raw files read: {books['raw_files']}; books kept: {books['kept']}.",
         "",
@@ -75,9 +83,11 @@ def dataset_card(manifest: dict) -> str:
         f"- tokenizer: trained on the train split only; cleaning code version `{manifest['code_version']}`",
         "- `manifest.json` holds the full configuration, per-shard sha256 and the book list of each split",
     ]
-    if "sources" in manifest:
-        lines += sources_card(manifest)
-    lines += [
+    return lines
+
+
+def _columns() -> list[str]:
+    return [
         "",
         "## Columns",
         "",
@@ -93,7 +103,6 @@ def dataset_card(manifest: dict) -> str:
         "```",
         "",
     ]
-    return "\n".join(lines)
 
 
 def sources_card(manifest: dict) -> list[str]:

@@ -151,6 +151,7 @@ def _natural(key: str) -> tuple[int, str]:
     return (int(digits.group()) if digits else 2**63, key)
 
 
+@functools.lru_cache(maxsize=16)
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows per band) that best separate pairs below and above `threshold`: the least mean of
     the false-positive and false-negative areas under the S-curve 1 - (1 - s^rows)^bands."""
@@ -260,6 +261,24 @@ class _SignatureArray:
         return self.rows[rows]
 
 
+def _band_groups(
+    signatures: SignatureFile | _SignatureArray, band: int, rows: int, empty: np.ndarray, mult: np.ndarray
+) -> Iterator[np.ndarray]:
+    """The rows that share one band's key (its `rows` values hashed together), group by group; rows
+    without shingles (`empty`) get keys of their own. 8 bytes a row, from one pass over the rows."""
+    keys = np.empty(len(signatures), dtype=np.uint64)
+    for start, block in signatures.windows():
+        cols = block[:, band * rows : (band + 1) * rows].astype(np.uint64)
+        keys[start : start + len(block)] = (cols * mult).sum(axis=1)
+    keys[empty] = np.arange(int(empty.sum()), dtype=np.uint64) * np.uint64(2654435761) + np.uint64(7)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    ends = np.r_[starts[1:], len(keys)]
+    for g in np.flatnonzero(ends - starts > 1):
+        yield order[starts[g] : ends[g]]
+
+
 def near_duplicates(
     signatures: SignatureFile | np.ndarray,
     threshold: float,
@@ -321,25 +340,15 @@ def near_duplicates(
                     checked.add(pair)
                     yield pair
 
-    keys = np.empty(n, dtype=np.uint64)
     for band in range(bands if bands is not None else num_perm // rows):
-        for start, block in signatures.windows():
-            cols = block[:, band * rows : (band + 1) * rows].astype(np.uint64)
-            keys[start : start + len(block)] = (cols * mult).sum(axis=1)
-        keys[empty] = np.arange(int(empty.sum()), dtype=np.uint64) * np.uint64(2654435761) + np.uint64(7)
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        ends = np.r_[starts[1:], n]
         pairs: list[tuple[int, int]] = []
-        for g in np.flatnonzero(ends - starts > 1):
-            pairs.extend(candidates(order[starts[g] : ends[g]]))
+        for members in _band_groups(signatures, band, rows, empty, mult):
+            pairs.extend(candidates(members))
             if len(pairs) >= 4096:
                 check(pairs)
                 pairs = []
         if pairs:
             check(pairs)
-        del order, sorted_keys, starts, ends
     roots, jumped = parent, parent[parent]  # pointer jumping, in numpy: until each row points at its root
     while not np.array_equal(jumped, roots):
         roots, jumped = jumped, jumped[jumped]
