@@ -68,7 +68,7 @@ from corpus.manifest import gutenberg_source_entry, load_manifest, make_manifest
 from corpus.shards import ShardConfig, ShardWriter
 from corpus.sources import ExtraSource, SourcesConfig, check_sources, local_bytes
 from corpus.split import SPLITS, SplitConfig
-from corpus.staging import finish_interrupted_swap, is_corpus_folder, staging_dir, swap_in
+from corpus.staging import finish_interrupted_swap, inside, is_corpus_folder, staging_dir, swap_in
 from corpus.tokenizer import TokenizerConfig, encode_batch, every_kth, load_tokenizer, train_tokenizer
 
 SCHEMA_VERSION = fmt.SCHEMA_VERSION
@@ -103,11 +103,6 @@ def cleaning_code_version() -> str:
 # Before any work: inputs that cannot give a corpus, an OUT that must not be touched, a disk too small
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
-
-
 def check_build_inputs(
     raw_dir: str | Path,
     out_dir: str | Path,
@@ -122,11 +117,11 @@ def check_build_inputs(
     raw_books None: not known yet (a flow checks before it downloads them).
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    if _inside(out_dir, raw_dir):
+    if inside(out_dir, raw_dir):
         raise UserError(
             f"--out {out_dir} is the raw store {raw_dir} or lies inside it: choose another folder"
         )
-    if _inside(raw_dir, out_dir):
+    if inside(raw_dir, out_dir):
         raise UserError(f"the raw store {raw_dir} lies inside --out {out_dir}: choose another folder")
     if not force and not is_corpus_folder(out_dir):
         raise UserError(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from common.errors import UserError
 from corpus.doc_filters import DocFilterConfig
+from corpus.staging import inside
 
 GUTENBERG = "gutenberg"  # the source name of the raw store's books
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".txt")
@@ -309,11 +310,6 @@ def iter_documents(source: ExtraSource) -> Iterator[tuple[str, str]]:
 # Before any work
 
 
-def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
-    return path == folder or folder in path.parents
-
-
 def check_sources(
     sources: Sequence[ExtraSource], out_dir: str | Path | None = None, raw_dir: str | Path | None = None
 ) -> None:
@@ -324,7 +320,7 @@ def check_sources(
         path = Path(source.spec)
         if path.exists():
             for what, folder in (("--out", out_dir), ("the raw store", raw_dir)):
-                if folder is not None and (_inside(path, Path(folder)) or _inside(Path(folder), path)):
+                if folder is not None and (inside(path, Path(folder)) or inside(Path(folder), path)):
                     raise UserError(
                         f"--extra {source.spec} overlaps {what} {folder}: a corpus must not read its own "
                         "output or the books again; choose a source outside both"

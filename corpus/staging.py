@@ -13,6 +13,13 @@ from pathlib import Path
 
 from common import corpus_format as fmt
 
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies inside it (links resolved)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
 _CORPUS_ENTRIES = {fmt.MANIFEST_FILE, fmt.TOKENIZER_FILE, fmt.README_FILE, fmt.CACHE_DIR, *fmt.SPLITS}
 
 

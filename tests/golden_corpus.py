@@ -48,18 +48,8 @@ def build_sample_corpus(root: Path) -> dict[str, str]:
     raw, out = root / "raw", root / "corpus"
     raw.mkdir()
     write_raw_store(raw)
-    args = [
-        "build",
-        "--raw",
-        str(raw),
-        "--out",
-        str(out),
-        "--vocab-size",
-        str(VOCAB),
-        "--workers",
-        "2",
-        "--quiet",
-    ]
+    args = ["build", "--raw", str(raw), "--out", str(out), "--quiet"]
+    args += ["--vocab-size", str(VOCAB), "--workers", "2"]
     result = CliRunner().invoke(corpus, args)
     if result.exit_code != 0:
         raise RuntimeError(f"the sample build failed:\n{result.output}")
