@@ -55,10 +55,9 @@ from corpus.books import (  # noqa: F401  (the build's names, for its callers)
     iter_split_paragraphs,
     list_raw_books,
     plan_paragraphs,
-    read_cleaned_book,
     select_books,
 )
-from corpus.cache import code_version, digest, plain
+from corpus.cache import digest, plain
 from corpus.card import dataset_card
 from corpus.clean import BookRejected, CleanConfig, clean_book
 from corpus.dedup import DedupConfig, ParagraphDedup, book_signature
@@ -92,11 +91,6 @@ class CorpusConfig:
 
     def to_dict(self) -> dict:
         return {name: plain(asdict(getattr(self, name))) for name in self.__dataclass_fields__}
-
-
-def cleaning_code_version() -> str:
-    """Hash of the cleaning and signature code, so a code change invalidates cached books."""
-    return code_version()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,7 +237,9 @@ def clean_books(
                       raw_books, progress)  # fmt: skip
 
 
-def _map_books(map_books: Executor, cleaner: BookCleaner, raw_books: Sequence[RawBook], progress: bool) -> list:
+def _map_books(
+    map_books: Executor, cleaner: BookCleaner, raw_books: Sequence[RawBook], progress: bool
+) -> list:
     out = []
     with tqdm(total=len(raw_books), desc="clean", unit="book", disable=not progress, file=sys.stderr) as bar:
         for summary in map_books(cleaner, raw_books):
@@ -349,9 +345,7 @@ class _Clock:
         }
 
 
-def _selected_books(plan: BuildPlan) -> tuple[list[BookSummary], BookSelection]:
-    summaries = _map_books(plan.map_books, BookCleaner(plan.config, str(plan.cache_dir)), plan.raw_books,
-                           plan.progress)  # fmt: skip
+def _selected_books(plan: BuildPlan, summaries: list[BookSummary]) -> BookSelection:
     selection = select_books(summaries, plan.config)
     if not selection.kept:
         reasons = Counter(selection.rejected.values())
@@ -359,14 +353,16 @@ def _selected_books(plan: BuildPlan) -> tuple[list[BookSummary], BookSelection]:
             f"every one of the {len(summaries)} books of {plan.raw_dir} was rejected "
             f"({', '.join(f'{k}: {v}' for k, v in reasons.most_common())}): nothing to build"
         )
-    return summaries, selection
+    return selection
 
 
 def _build(plan: BuildPlan) -> dict:
     """The stages, writing into `plan.staging`; returns the manifest to write."""
     clock = _Clock(plan.build_info.pop("stage_seconds", {}))  # e.g. a flow's download
-    summaries, selection = _selected_books(plan)
+    cleaner = BookCleaner(plan.config, str(plan.cache_dir))
+    summaries = _map_books(plan.map_books, cleaner, plan.raw_books, plan.progress)
     clock.lap("clean")
+    selection = _selected_books(plan, summaries)
     clock.lap("select")
     spool = Spool(plan.staging / ".spool")
     if plan.extras:
@@ -391,10 +387,8 @@ def _build(plan: BuildPlan) -> dict:
     shards = write_shards(parts, tokenizer_path, plan.staging, plan.config, plan.workers, plan.progress)
     shutil.rmtree(spool.dir, ignore_errors=True)
     clock.lap("shards")
-    mix = {}
-    for part in parts[1:]:
-        books_entry = {**gutenberg_source_entry(summaries, selection), "splits": parts[0].splits}
-        mix = part.manifest_entries(books_entry)
+    books_entry = {**gutenberg_source_entry(summaries, selection), "splits": parts[0].splits}
+    mix = parts[1].manifest_entries(books_entry) if len(parts) > 1 else {}  # a books-only manifest: as ever
     manifest = make_manifest(
         plan.raw_dir, plan.staging, plan.config.to_dict(), plan.config.tokenizer, summaries, selection,
         duplicate_paragraphs, shards, {**clock.info(), **plan.build_info}, mix,
