@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from golden_corpus import GOLDEN, build_sample_corpus
 
 
