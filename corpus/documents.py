@@ -40,10 +40,8 @@ from corpus.dedup import DedupConfig, ParagraphDedup, SignatureFile, book_signat
 from corpus.doc_filters import DocumentRejected, clean_document
 from corpus.executor import Executor
 from corpus.shards import ShardWriter
-from corpus.sources import ExtraSource, SourcesConfig, iter_documents
+from corpus.sources import Chunk, ExtraSource, SourcesConfig, chunked, iter_documents
 from corpus.split import SPLITS, SplitConfig, assign_split, split_position
-
-Chunk = list[tuple[str, str]]  # (doc id, text) pairs, about `chunk_chars` of text
 
 
 @dataclass
@@ -129,18 +127,6 @@ class ChunkCleaner:
 def read_chunk(summary: ChunkSummary) -> list[dict]:
     """The documents of a chunk from its cache file: {"id", "paragraphs"} kept, {"id", "reason"} not."""
     return json.loads(Path(summary.cache_file).read_text(encoding="utf-8"))["docs"]
-
-
-def chunked(docs: Iterator[tuple[str, str]], chunk_chars: int) -> Iterator[Chunk]:
-    chunk, size = [], 0
-    for doc in docs:
-        chunk.append(doc)
-        size += len(doc[1])
-        if size >= chunk_chars:
-            yield chunk
-            chunk, size = [], 0
-    if chunk:
-        yield chunk
 
 
 def clean_source(

@@ -306,6 +306,22 @@ def iter_documents(source: ExtraSource) -> Iterator[tuple[str, str]]:
     return reader_for(source).read()
 
 
+Chunk = list[tuple[str, str]]  # (doc id, text) pairs, about `chunk_chars` of text
+
+
+def chunked(docs: Iterator[tuple[str, str]], chunk_chars: int) -> Iterator[Chunk]:
+    """A reader's documents in chunks of about `chunk_chars` characters: what one cleaning task gets."""
+    chunk, size = [], 0
+    for doc in docs:
+        chunk.append(doc)
+        size += len(doc[1])
+        if size >= chunk_chars:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
 # ---------------------------------------------------------------------------------------------
 # Before any work
 

@@ -59,9 +59,9 @@ from prefect.utilities.annotations import unmapped
 from common.errors import UserError
 from corpus import build as cb
 from corpus.build import BookCleaner, BookSummary, CorpusConfig, RawBook
-from corpus.documents import Chunk, ChunkCleaner, ChunkSummary
+from corpus.documents import ChunkCleaner, ChunkSummary
 from corpus.executor import Executor, process_pool
-from corpus.sources import check_sources, parse_extras
+from corpus.sources import Chunk, check_sources, parse_extras
 from corpus.tokenizer import TokenizerConfig
 from pipelines import artifacts, tasks
 from scraping.http import FetchConfig, FetchError
