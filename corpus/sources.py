@@ -45,9 +45,6 @@ class ExtraSource:
         """The document filters of this source: `config` with this source's own length rule."""
         return config if self.min_words is None else replace(config, min_words=self.min_words)
 
-    def is_local(self) -> bool:
-        return Path(self.spec).exists()
-
 
 @dataclass(frozen=True)
 class SourcesConfig:
