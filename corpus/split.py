@@ -8,6 +8,9 @@ stage, so they cannot leak across splits.
 Tiny corpora are the one exception: with at least three books every split must be non-empty, so
 when hashing leaves a split empty, the book whose hash lies closest to that split's range is moved
 into it. That only happens for a handful of books, and is reported in the manifest.
+
+The documents of extra sources are split by the same function, keyed `SOURCE:DOC_ID` instead of the
+ebook number: a document never moves between builds either.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ class SplitConfig:
             raise ValueError("validation_fraction + test_fraction must leave room for train")
 
 
-def split_position(book_id: int, salt: str = SplitConfig.salt) -> float:
-    """Where the book falls in [0, 1): the first 8 bytes of sha256(salt:id), uniform."""
-    digest = hashlib.sha256(f"{salt}:{int(book_id)}".encode()).digest()
+def split_position(key: int | str, salt: str = SplitConfig.salt) -> float:
+    """Where a book (its ebook number) or a document (`SOURCE:DOC_ID`) falls in [0, 1): the first 8
+    bytes of sha256(salt:key), uniform."""
+    key = int(key) if not isinstance(key, str) else key
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
@@ -43,9 +48,9 @@ def _ranges(config: SplitConfig) -> dict[str, tuple[float, float]]:
     return {"validation": (0.0, v), "test": (v, v + t), "train": (v + t, 1.0)}
 
 
-def assign_split(book_id: int, config: SplitConfig = SplitConfig()) -> str:
-    """The split of one book, from its id alone."""
-    x = split_position(book_id, config.salt)
+def assign_split(key: int | str, config: SplitConfig = SplitConfig()) -> str:
+    """The split of one book or document, from its key alone (see `split_position`)."""
+    x = split_position(key, config.salt)
     for name, (lo, hi) in _ranges(config).items():
         if lo <= x < hi:
             return name

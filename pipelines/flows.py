@@ -59,15 +59,9 @@ from prefect.utilities.annotations import unmapped
 from common.errors import UserError
 from corpus import build as cb
 from corpus.build import BookCleaner, BookSummary, CorpusConfig, RawBook
-from corpus.sources import (
-    Chunk,
-    ChunkCleaner,
-    ChunkMapper,
-    ChunkSummary,
-    check_sources,
-    chunk_process_pool,
-    parse_extras,
-)
+from corpus.documents import ChunkCleaner, ChunkSummary
+from corpus.executor import Executor, process_pool
+from corpus.sources import Chunk, check_sources, parse_extras
 from corpus.tokenizer import TokenizerConfig
 from pipelines import artifacts, tasks
 from scraping.http import FetchConfig, FetchError
@@ -175,7 +169,7 @@ def clean_books_flow(raw_books: list[RawBook], clean: BookCleaner) -> list[BookS
     return summaries
 
 
-def clean_tasks(runner: TaskRunner) -> cb.BookMapper:
+def clean_tasks(runner: TaskRunner) -> Executor:
     """corpus's per-book executor in a flow: the clean-books subflow, one task per book, on `runner`."""
 
     def map_books(clean: BookCleaner, raw_books) -> list[BookSummary]:
@@ -184,7 +178,7 @@ def clean_tasks(runner: TaskRunner) -> cb.BookMapper:
     return map_books
 
 
-def chunk_tasks(runner: TaskRunner, in_flight: int) -> ChunkMapper:
+def chunk_tasks(runner: TaskRunner, in_flight: int) -> Executor:
     """corpus's per-chunk executor for extra sources: one clean-chunk task per chunk on `runner`, at
     most `in_flight` chunks submitted and not yet collected (the source is streamed, not loaded)."""
 
@@ -201,11 +195,11 @@ def chunk_tasks(runner: TaskRunner, in_flight: int) -> ChunkMapper:
     return map_chunks
 
 
-def extra_chunk_mapper(kind: str, runner: TaskRunner, workers: int | None) -> ChunkMapper:
+def extra_chunk_mapper(kind: str, runner: TaskRunner, workers: int | None) -> Executor:
     """Extra sources' chunks go to the flow's task runner, except with "threads": cleaning is pure
     Python, so threads would share one core; a process pool of `workers` cleans them instead."""
     n = workers or os.cpu_count() or 1
-    return chunk_process_pool(n) if kind == "threads" else chunk_tasks(runner, 2 * n)
+    return process_pool(n) if kind == "threads" else chunk_tasks(runner, 2 * n)
 
 
 @flow(name="build-corpus", log_prints=True)
@@ -245,7 +239,7 @@ def build_corpus_flow(
     config = CorpusConfig(tokenizer=TokenizerConfig(vocab_size=vocab_size, model_type=model_type))
     cb.check_build_inputs(raw_dir, out_dir, None, config)  # before any download
     extras = parse_extras(extra or [], text_field)
-    check_sources(extras)
+    check_sources(extras, out_dir, raw_dir)
     logger.info("building %s from %s (raw store %s, cleaning on %s)", out_dir, source, raw_dir, task_runner)
 
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
 from corpus.build import BookCleaner, BookSummary, RawBook
-from corpus.sources import ChunkCleaner, ChunkSummary
+from corpus.documents import ChunkCleaner, ChunkSummary
 from scraping.catalog import BookRecord
 from scraping.http import FetchError, PoliteClient
 from scraping.scrape import ScrapeConfig, ScrapeSummary, discover
@@ -91,7 +91,7 @@ def clean_book(raw: RawBook, clean: BookCleaner) -> BookSummary:
 
 @task(name="clean-chunk", cache_policy=NO_CACHE, retries=0, task_run_name="clean-{chunk[0][0]}")
 def clean_chunk(chunk: list[tuple[str, str]], clean: ChunkCleaner) -> ChunkSummary:
-    """Filter, clean and sign one chunk of an extra source's documents (corpus.sources.ChunkCleaner);
+    """Filter, clean and sign one chunk of an extra source's documents (corpus.documents.ChunkCleaner);
     the run is named after the chunk's first document id."""
     return clean(chunk)
 

@@ -125,6 +125,85 @@ def test_a_failed_rebuild_leaves_the_corpus_byte_identical(workspace, case, args
     assert not list(corpus.parent.glob(".corpus.*"))  # no staging folder left behind
 
 
+def _web_lines(n: int) -> list[str]:
+    sys.path.insert(0, str(REPO / "bench"))
+    from gen_source import documents
+
+    docs = documents(seed=11)
+    return [json.dumps(next(docs), ensure_ascii=False) for _ in range(n)]
+
+
+def _bad_extras(root: Path) -> dict[str, Path]:
+    """The bad --extra sources of EXTRA_CASES, written once under root/extras."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = root / "extras"
+    if d.exists():
+        return {p.name: p for p in d.iterdir()}
+    d.mkdir()
+    good = _web_lines(3)
+    (d / "web.jsonl").write_text("\n".join(good) + "\n", encoding="utf-8")
+    (d / "latin1.jsonl").write_bytes(
+        (good[0] + "\n").encode() + '{"id": "x", "text": "Ação e coração"}\n'.encode("latin-1")
+    )
+    texts = d / "texts"
+    texts.mkdir()
+    (texts / "a_good.txt").write_text(json.loads(good[1])["text"], encoding="utf-8")
+    (texts / "b_latin1.txt").write_bytes("Não há ação sem coração.\n".encode("latin-1") * 40)
+    pq.write_table(pa.table({"text": [json.loads(g)["text"] for g in good]}), d / "good.parquet")
+    data = (d / "good.parquet").read_bytes()
+    (d / "corrupt.parquet").write_bytes(data[:8] + b"\0" * (len(data) - 16) + data[-8:])
+    (d / "cut.parquet").write_bytes(data[: len(data) // 2])
+    parquets = d / "parquets"
+    parquets.mkdir()
+    (parquets / "part-0.parquet").write_bytes(data[: len(data) // 2])
+    with open(d / "huge.jsonl", "wb") as f:  # sparse: a first good document, then 1 TiB of nothing
+        f.write((good[2] + "\n").encode())
+        f.truncate(2**40)
+    return {p.name: p for p in d.iterdir()}
+
+
+# (case, the --extra argument with {corpus}, {raw}, {root}, {x:NAME} filled in, words of the message)
+EXTRA_CASES = [
+    ("the output folder itself", "{corpus}", ["overlaps --out", "{corpus}"]),
+    ("a folder inside the output", "{corpus}/train", ["overlaps --out"]),
+    ("a folder that holds the output", "{root}", ["overlaps --out"]),
+    ("the raw store", "{raw}", ["overlaps the raw store"]),
+    ("a book of the raw store", "{raw}/90001.txt", ["overlaps the raw store"]),
+    ("a weight of a million", "{x:web.jsonl}:1000000", ["weight", "from 0 to 100"]),
+    ("a weight that is not a number", "{x:web.jsonl}:nan", ["weight", "from 0 to 100"]),
+    ("an unknown option", "{x:web.jsonl}:2:min_wrods=3", ["unknown option", "min_wrods"]),
+    ("a min_words that is not a number", "{x:web.jsonl}:min_words=many", ["min_words", "whole number"]),
+    ("more output than free disk", "{x:huge.jsonl}:100", ["would write about", "MB free", "huge.jsonl"]),
+    ("latin-1 in a folder of text files", "{x:texts}", ["b_latin1.txt", "not UTF-8", "0xe3"]),
+    ("latin-1 on a JSON line", "{x:latin1.jsonl}", ["latin1.jsonl:2", "not UTF-8"]),
+    ("a Parquet file with garbage inside", "{x:corrupt.parquet}", ["corrupt.parquet", "not a readable Parquet"]),
+    ("a Parquet file cut short", "{x:cut.parquet}", ["cut.parquet", "not a readable Parquet"]),
+    ("a folder with a cut Parquet file", "{x:parquets}", ["parquets"]),
+]
+
+
+@pytest.mark.parametrize("case, extra, expected", EXTRA_CASES, ids=[c[0] for c in EXTRA_CASES])
+def test_a_bad_extra_source_is_one_line_and_the_corpus_stays(workspace, case, extra, expected) -> None:
+    corpus = workspace["corpus"]
+    files = _bad_extras(workspace["root"])
+    fill = {"corpus": str(corpus), "raw": str(workspace["raw"]), "root": str(workspace["root"])}
+
+    def filled(text: str) -> str:
+        for name, path in files.items():
+            text = text.replace(f"{{x:{name}}}", str(path))
+        return text.format(**fill)
+
+    before = snapshot(corpus)
+    args = ["--raw", str(workspace["raw"]), "--out", str(corpus), "--extra", filled(extra), "--quiet"]
+    done = ptgpt("corpus", "build", *args, "--vocab-size", str(VOCAB))
+    assert done.returncode == 1
+    assert_one_line_error(done, *map(filled, expected))
+    assert snapshot(corpus) == before
+    assert not list(corpus.parent.glob(".corpus.*"))
+
+
 def test_out_must_not_be_or_lie_inside_the_raw_store(workspace) -> None:
     raw = workspace["raw"]
     before = {p.name: p.stat().st_mtime_ns for p in raw.iterdir()}

@@ -176,3 +176,49 @@ def test_fingerprint_set_is_a_set_across_merges() -> None:
     absent = [rng.getrandbits(64) for _ in range(2000)]
     assert [v in fps for v in absent] == [v in ref for v in absent]
     assert dedup_paragraphs(["x" * 80, "y" * 80, "x" * 80], FingerprintSet(), DedupConfig()) == [0, 1]
+
+
+def test_book_groups_and_similarities_match_every_pair_compared() -> None:
+    """The books' search goes through the one LSH (`near_duplicates`, bands chosen by `lsh_bands`):
+    its groups and each group's lowest similarity are those of comparing every pair of books."""
+    import numpy as np
+
+    from corpus.dedup import lsh_bands
+
+    assert lsh_bands(0.3, 128) == (37, 3)  # pairs just above 0.4 are rarely missed
+    rng = np.random.default_rng(7)
+    originals = rng.integers(0, 2**32 - 1, size=(12, 128), dtype=np.uint64)
+    sigs: dict[str, list[int]] = {}
+    for i in range(36):
+        sig = originals[i % 12].copy()
+        changed = rng.random(128) < [0.0, 0.3, 0.55][i // 12]  # copies ~70% and ~45% equal
+        sig[changed] = rng.integers(0, 2**32 - 1, size=int(changed.sum()), dtype=np.uint64)
+        sigs[str(1000 + i)] = [int(v) for v in sig]
+    config = DedupConfig()
+    keys = sorted(sigs)
+    parent = {k: k for k in keys}
+
+    def find(k: str) -> str:
+        while parent[k] != k:
+            k = parent[k]
+        return k
+
+    edges = []
+    for i, a in enumerate(keys):
+        for b in keys[i + 1 :]:
+            sim = signature_similarity(sigs[a], sigs[b])
+            if sim >= config.book_threshold:
+                edges.append((a, sim))
+                ra, rb = find(a), find(b)
+                parent[max(ra, rb)] = min(ra, rb)
+    expected = {}
+    for k in keys:
+        expected.setdefault(find(k), set()).add(k)
+    expected = {r: g for r, g in expected.items() if len(g) > 1}
+    lowest = {r: min(s for a, s in edges if find(a) == r) for r in expected}
+    groups = find_near_duplicate_books(sigs, config)
+    assert len(expected) == 12  # every original with both its copies
+    assert {frozenset([g.kept, *g.dropped]) for g in groups} == {frozenset(g) for g in expected.values()}
+    assert {min([g.kept, *g.dropped]): round(g.similarity, 4) for g in groups} == {
+        r: round(s, 4) for r, s in lowest.items()
+    }

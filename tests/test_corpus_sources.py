@@ -18,18 +18,11 @@ from common import corpus_format as fmt
 from common.errors import UserError
 from corpus.build import CorpusConfig, build_corpus
 from corpus.clean import clean_book
+from corpus.dedup import SignatureFile, near_duplicates
 from corpus.doc_filters import DocumentRejected, clean_document
+from corpus.documents import assign_document_split, train_copies
 from corpus.shards import ShardConfig
-from corpus.sources import (
-    ExtraSource,
-    SignatureFile,
-    assign_document_split,
-    iter_documents,
-    near_duplicates,
-    parse_extra,
-    parse_extras,
-    train_copies,
-)
+from corpus.sources import ExtraSource, iter_documents, parse_extra, parse_extras
 from corpus.split import SplitConfig
 from corpus.tokenizer import TokenizerConfig
 from ptgpt.cli.corpus import corpus as corpus_cli
@@ -419,7 +412,7 @@ def test_the_trainer_reads_the_mix(mix) -> None:
 
 
 def test_rebuild_reads_documents_from_the_cache_and_is_byte_identical(mix, monkeypatch) -> None:
-    import corpus.sources
+    import corpus.documents
 
     root, m, _, _, _ = mix
     out = root / "out"
@@ -427,7 +420,7 @@ def test_rebuild_reads_documents_from_the_cache_and_is_byte_identical(mix, monke
     def must_not_clean(*args, **kwargs):
         raise AssertionError("a cached chunk was cleaned again")
 
-    monkeypatch.setattr(corpus.sources, "clean_document", must_not_clean)
+    monkeypatch.setattr(corpus.documents, "clean_document", must_not_clean)
     extras = parse_extras([f"{root / 'web.jsonl'}:2", str(root / "hubset")])
     again = build_corpus(root / "raw", out, CONFIG, workers=1, progress=False, extras=extras)
     for key in ("splits", "tokenizer", "sources"):

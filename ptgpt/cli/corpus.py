@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from corpus.doc_filters import DocFilterConfig
+from corpus.sources import MAX_WEIGHT
 from corpus.tokenizer import TokenizerConfig  # sentencepiece only: the defaults, defined once
 
 
@@ -32,10 +34,12 @@ def text_options(f):
             "--extra",
             "extras",
             multiple=True,
-            metavar="SOURCE[:WEIGHT]",
+            metavar="SOURCE[:WEIGHT][:min_words=N]",
             help="More text next to the books (repeatable): a .jsonl/.json/.parquet/.txt file or folder, "
             "or a dataset for datasets.load_dataset (local folder or hub name), streamed. WEIGHT "
-            "(default 1): copies of each train document in the mix.",
+            f"(default 1, at most {MAX_WEIGHT:g}): copies of each train document in the mix. "
+            "min_words=N: this source's shortest document in words (default "
+            f"{DocFilterConfig.min_words}). Text must be UTF-8; a file that is not stops the build, naming it.",
         ),
         click.option(
             "--text-field",
