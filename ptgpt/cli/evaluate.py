@@ -110,6 +110,11 @@ def format_report(result: dict, worst_best: int = 3) -> str:
     "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cuda, mps or cpu."
 )
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: torch's].")
+@click.option(
+    "--lm-eval-tasks",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the lastword and choice items as lm-evaluation-harness tasks into this folder (no scoring).",
+)
 def eval_command(
     run_dir: Path | None,
     checkpoint_dir: Path | None,
@@ -123,9 +128,19 @@ def eval_command(
     max_batches: int | None,
     device: str,
     threads: int | None,
+    lm_eval_tasks: Path | None,
 ) -> None:
     """Bits per byte (validation, test, per book), last-word completion and next-sentence choice on the
     corpus's held-out test books; prints a table, and JSON with --json."""
+    if lm_eval_tasks is not None:
+        from export.lm_eval_tasks import write_tasks_for_eval
+
+        checkpoint = _checkpoint_of(run_dir, checkpoint_dir) if run_dir or checkpoint_dir else None
+        names = write_tasks_for_eval(lm_eval_tasks, corpus, checkpoint, quick)
+        click.echo(
+            f"wrote {', '.join(names)} to {lm_eval_tasks}: lm_eval --include_path {lm_eval_tasks} --tasks ptgpt"
+        )
+        return
     from training.eval_tasks import EVAL_SPLITS, QUICK, TASKS, SuiteConfig
 
     names = _names(tasks, TASKS, "task") if tasks else TASKS
