@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from common.errors import UserError
 from export.hf import export_model
 from ptgpt.cli.model import export_hf
 from training.checkpoint import save_model
@@ -185,7 +186,7 @@ def test_export_refuses_what_it_cannot_express(tmp_path: Path, tokenizer_model: 
 
     ok = GPT(ModelConfig.preset("tiny", vocab_size=VOCAB))
     export_model(ok, tmp_path / "c", tokenizer_model)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UserError, match="pass --overwrite"):  # an earlier export: replaced only when asked
         export_model(ok, tmp_path / "c", tokenizer_model)
     export_model(ok, tmp_path / "c", tokenizer_model, overwrite=True)
 
