@@ -69,7 +69,7 @@ def write_lm_eval_tasks(out_dir: str | Path, corpus_dir: str | Path, config=None
 
     config = config or SuiteConfig()
     out = Path(out_dir)
-    check_folder_target(out, overwrite=True)
+    check_folder_target(out, overwrite=True, option="--lm-eval-tasks")
     lastword, choice = load_items(corpus_dir, config)
     if not lastword and not choice:
         from common.errors import UserError

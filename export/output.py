@@ -37,21 +37,21 @@ def write_marker(folder: Path, kind: str, source: str | Path) -> None:
     (folder / MARKER).write_text(json.dumps({"kind": kind, "source": str(source)}, indent=2) + "\n")
 
 
-def check_folder_target(out: Path, overwrite: bool) -> None:
+def check_folder_target(out: Path, overwrite: bool, option: str = "--out") -> None:
     """Refuse (one line) an --out that is neither absent, empty, nor an earlier export (with --overwrite)."""
     if out.is_symlink():
-        raise UserError(f"--out {out} is a symbolic link: give the real folder")
+        raise UserError(f"{option} {out} is a symbolic link: give the real folder")
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return
     if not out.is_dir():
-        raise UserError(f"--out {out} is a file, not an export folder: choose another path")
+        raise UserError(f"{option} {out} is a file, not an export folder: choose another path")
     if not (out / MARKER).is_file():
         raise UserError(
-            f"--out {out} is a folder that no ptgpt export wrote (no {MARKER}): it is never replaced, "
+            f"{option} {out} is a folder that no ptgpt export wrote (no {MARKER}): it is never replaced, "
             "even with --overwrite; choose a new or empty folder"
         )
     if not overwrite:
-        raise UserError(f"--out {out} holds an earlier export: pass --overwrite to replace it")
+        raise UserError(f"{option} {out} holds an earlier export: pass --overwrite to replace it")
 
 
 def check_file_target(out: Path, overwrite: bool) -> None:
