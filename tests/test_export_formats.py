@@ -148,9 +148,8 @@ def test_overwrite_never_replaces_what_no_export_wrote(case: str, corpus: Path, 
     before = tree(target)
     result = CliRunner().invoke(main, ["export-hf", "--run", str(tmp_path / "run"), "--out", str(target),
                                        "--overwrite"])  # fmt: skip
-    assert (
-        result.exit_code == 1 and result.output.startswith("Error: ") and len(result.output.splitlines()) == 1
-    )
+    errors = [line for line in result.output.splitlines() if line.startswith("Error: ")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output
     assert "never replaced" in result.output
     assert tree(target) == before
 
