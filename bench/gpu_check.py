@@ -274,7 +274,7 @@ def part_hf_export(args: argparse.Namespace, device: torch.device) -> dict:
     """Export (Llama; Qwen3-MoE with QK-norm), load with transformers on the device, compare logits in fp32."""
     import transformers
 
-    from training.export_hf import export_model
+    from export.hf import export_model
 
     previous = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False  # compare fp32 with fp32

@@ -18,6 +18,7 @@ from training.chat import (
     chat_metadata,
     encode_chat,
     load_chat_tokenizer,
+    stream_text,
     stream_tokens,
 )
 from training.checkpoint import load_model, read_checkpoint_config, save_model
@@ -101,3 +102,60 @@ def test_generate_gives_our_reply(exported):
     if theirs and theirs[-1] in stops:  # transformers keeps the stop token; we do not emit it
         theirs = theirs[:-1]
     assert theirs == ours and len(ours) > 0  # the same reply, token for token
+
+
+def our_reply(chat: Path, max_new_tokens: int = 24) -> str:
+    tok = load_chat_tokenizer(read_checkpoint_config(chat)["tokenizer_path"])
+    prompt, _ = encode_chat(tok, CONVERSATION, add_generation_prompt=True)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0, top_k=None)
+    return "".join(
+        stream_text(tok, stream_tokens(load_model(chat).eval(), prompt, {tok.end, tok.eos}, sampling))
+    )
+
+
+def without_bytes(chat: Path, tmp_path: Path) -> Path:
+    """The chat checkpoint with byte pieces kept out of replies (saved under tmp_path)."""
+    meta = read_checkpoint_config(chat)
+    tok = load_chat_tokenizer(meta["tokenizer_path"])
+    model = load_model(chat)
+    with torch.no_grad():
+        for i in range(tok.base_size):
+            if tok.sp.is_byte(i):
+                model.lm_head.weight[i] = 0
+        model.lm_head.weight[: tok.base_size] *= 5
+    return save_model(model, tmp_path / "words", extra={k: meta[k] for k in ("tokenizer_path", "chat")})
+
+
+def test_pipeline_reply_is_our_reply(exported, tmp_path: Path):
+    """The reply text of transformers' chat pipeline is ours. Byte pieces are kept out of the reply: a
+    random model's invalid UTF-8 is shown with a different number of U+FFFD by each decoder."""
+    words = without_bytes(exported[0], tmp_path)
+    result = CliRunner().invoke(
+        main, ["export-hf", "--checkpoint", str(words), "--out", str(tmp_path / "hf")]
+    )
+    assert result.exit_code == 0, result.output
+    generate = transformers.pipeline("text-generation", model=str(tmp_path / "hf"))
+    reply = generate(CONVERSATION, max_new_tokens=24, do_sample=False)[0]["generated_text"][-1]
+    ours = our_reply(words)
+    assert reply["role"] == "assistant" and reply["content"] == ours and len(ours) > 3
+
+
+@pytest.mark.slow
+def test_llama_cpp_chat_completion_is_our_reply(exported, tmp_path: Path):
+    pytest.importorskip("gguf")
+    llama_cpp = pytest.importorskip("llama_cpp")
+    chat = without_bytes(exported[0], tmp_path)  # invalid UTF-8 is shown differently by each decoder
+    result = CliRunner().invoke(
+        main, ["export-gguf", "--checkpoint", str(chat), "--out", str(tmp_path / "c.gguf")]
+    )
+    assert result.exit_code == 0, result.output
+    assert 'PARAMETER stop "<|end|>"' in (tmp_path / "c.Modelfile").read_text()
+    tok = load_chat_tokenizer(read_checkpoint_config(chat)["tokenizer_path"])
+    llm = llama_cpp.Llama(str(tmp_path / "c.gguf"), n_ctx=256, verbose=False, n_threads=1)
+    ours_ids, _ = encode_chat(tok, CONVERSATION, add_generation_prompt=True)
+    rendered = (
+        "<s>" + "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in CONVERSATION) + "<|assistant|>"
+    )
+    assert llm.tokenize(rendered.encode(), add_bos=False, special=True) == ours_ids
+    out = llm.create_chat_completion(messages=CONVERSATION, max_tokens=24, temperature=0.0, top_k=1)
+    assert out["choices"][0]["message"]["content"] == our_reply(chat)

@@ -133,7 +133,7 @@ def test_quick_eval_is_a_flat_dict_of_floats(sample_corpus: Path) -> None:
 
 def test_transformers_export_scores_the_same(sample_corpus: Path, tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
-    from training.export_hf import export_model
+    from export.hf import export_model
 
     info = CorpusInfo.from_dir(sample_corpus)
     tokenizer = load_tokenizer(info.tokenizer_path)

@@ -8,7 +8,7 @@ One file, read top to bottom:
 
 Architecture choices follow Llama / Mixtral exactly (RMSNorm with a weight, "rotate half" RoPE, no
 biases, SwiGLU, softmax-then-top-k router with renormalised weights) so that a checkpoint can be
-exported to `LlamaForCausalLM` / `MixtralForCausalLM` with equal logits (see training/export_hf.py).
+exported to `LlamaForCausalLM` / `MixtralForCausalLM` with equal logits (see export/hf.py).
 
 The MoE layer is dropless: every token goes to its top-k experts, no capacity factor. Tokens are
 sorted by expert and all experts run as one grouped matrix multiply (`F.grouped_mm`) where the

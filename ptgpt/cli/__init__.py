@@ -22,7 +22,7 @@ from ptgpt.cli.corpus import corpus
 from ptgpt.cli.demo import demo
 from ptgpt.cli.evaluate import compare, eval_command
 from ptgpt.cli.finetune import classify, sft
-from ptgpt.cli.model import export_hf
+from ptgpt.cli.model import export_gguf, export_hf
 from ptgpt.cli.pipeline import build, run, serve
 from ptgpt.cli.scrape import mirror, scrape
 from ptgpt.cli.serve_model import serve_model
@@ -68,6 +68,7 @@ main.add_command(generate)
 main.add_command(eval_command)
 main.add_command(compare)
 main.add_command(export_hf)
+main.add_command(export_gguf)
 main.add_command(build)
 main.add_command(run)
 main.add_command(serve)

@@ -205,6 +205,11 @@ def _check_json_target(path: Path) -> None:
     default=None,
     help="Order of the Kneser-Ney baseline [default: the best on validation].",
 )
+@click.option(
+    "--lm-eval-tasks",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write the lastword and choice items as lm-evaluation-harness tasks into this folder (no scoring).",
+)
 def eval_command(
     run_dir: Path | None,
     checkpoint_dir: Path | None,
@@ -219,10 +224,21 @@ def eval_command(
     device: str,
     threads: int | None,
     ngram_order: int | None,
+    lm_eval_tasks: Path | None,
 ) -> None:
     """Bits per byte (validation, test, per book), last-word completion and next-sentence choice on the
     corpus's held-out test books, each beside its baselines (uniform, unigram, a Kneser-Ney n-gram of the
-    corpus, the overlap heuristic, the most frequent word); prints a table, and JSON with --json."""
+    corpus, the overlap heuristic, the most frequent word); prints a table, and JSON with --json.
+    With --lm-eval-tasks DIR, writes the items as lm-evaluation-harness tasks instead."""
+    if lm_eval_tasks is not None:
+        from export.lm_eval_tasks import write_tasks_for_eval
+
+        checkpoint = _checkpoint_of(run_dir, checkpoint_dir) if run_dir or checkpoint_dir else None
+        names = write_tasks_for_eval(lm_eval_tasks, corpus, checkpoint, quick)
+        click.echo(
+            f"wrote {', '.join(names)} to {lm_eval_tasks}: lm_eval --include_path {lm_eval_tasks} --tasks ptgpt"
+        )
+        return
     from training.eval_tasks import EVAL_SPLITS, QUICK, TASKS, SuiteConfig
 
     names = _names(tasks, TASKS, "task") if tasks else TASKS

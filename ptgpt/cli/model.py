@@ -1,32 +1,13 @@
-"""`ptgpt export-hf`: a checkpoint as a Hugging Face transformers folder (Llama or Mixtral)."""
+"""`ptgpt export-hf` and `ptgpt export-gguf`: a checkpoint as a transformers folder or a GGUF file."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
 
 from common.errors import UserError
-
-
-def add_fast_tokenizer(folder: Path) -> None:
-    """Add tokenizer.json when transformers is installed.
-
-    Without it transformers converts tokenizer.model on every load, and AutoTokenizer on a Mixtral
-    folder ignores tokenizer_config.json's LlamaTokenizer class (transformers 5 maps "mixtral" to a
-    generic backend that needs tokenizer.json).
-    """
-    if not (folder / "tokenizer.model").is_file():
-        return
-    try:
-        from transformers import LlamaTokenizerFast
-    except ImportError:
-        click.echo(
-            "transformers not installed: wrote tokenizer.model only (load it with LlamaTokenizerFast)",
-            err=True,
-        )
-        return
-    LlamaTokenizerFast.from_pretrained(str(folder)).save_pretrained(str(folder))
 
 
 def overlaps(a: Path, b: Path) -> bool:
@@ -35,26 +16,65 @@ def overlaps(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-@click.command("export-hf")
-@click.option(
+def _source(run_dir: Path | None, checkpoint_dir: Path | None, out: Path, tokenizer: Path | None):
+    """The checkpoint to export and its tokenizer, or a one-line error."""
+    from export.hf import recorded_tokenizer
+    from training.checkpoint import newest_valid_checkpoint
+
+    if (run_dir is None) == (checkpoint_dir is None):
+        raise click.UsageError("give exactly one of --run or --checkpoint")
+    source = run_dir if run_dir is not None else checkpoint_dir
+    if overlaps(out, source):  # --overwrite would delete what is being exported
+        raise UserError(
+            f"--out {out} is, contains or lies inside the source {source}: exporting there could "
+            "destroy it; choose a folder outside it"
+        )
+    try:
+        checkpoint = checkpoint_dir if checkpoint_dir is not None else newest_valid_checkpoint(run_dir)
+        tokenizer = tokenizer or recorded_tokenizer(checkpoint)
+    except (FileNotFoundError, ValueError) as e:
+        raise UserError(str(e)) from None
+    if tokenizer is None:
+        raise click.UsageError(f"{checkpoint}/config.json records no tokenizer_path: pass --tokenizer")
+    if not Path(tokenizer).is_file():
+        raise UserError(f"tokenizer model not found: {tokenizer} (pass --tokenizer)")
+    return checkpoint, Path(tokenizer)
+
+
+def _eval_json(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--eval-json {path}: not a JSON file written by `ptgpt eval --json` ({e})") from None
+
+
+_run = click.option(
     "--run",
     "run_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Run folder: exports the latest RUN/checkpoints/step_N/.",
 )
-@click.option(
+_checkpoint = click.option(
     "--checkpoint",
     "checkpoint_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A checkpoint folder (model.safetensors + config.json).",
 )
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder to write.")
-@click.option(
+_tokenizer = click.option(
     "--tokenizer",
     "tokenizer_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="SentencePiece tokenizer.model [default: tokenizer_path recorded in the checkpoint].",
 )
+
+
+@click.command("export-hf")
+@_run
+@_checkpoint
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder to write.")
+@_tokenizer
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "bfloat16", "float16"]),
@@ -62,36 +82,76 @@ def overlaps(a: Path, b: Path) -> bool:
     show_default=True,
     help="Dtype of the exported weights.",
 )
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option(
+    "--eval-json",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="`ptgpt eval --json` output for the model card's table [default: the run's last logged eval].",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it holds an earlier export (nothing else).")
 def export_hf(
     run_dir: Path | None,
     checkpoint_dir: Path | None,
     out_dir: Path,
     tokenizer_path: Path | None,
     dtype: str,
+    eval_json: Path | None,
     overwrite: bool,
 ) -> None:
     """Write a folder that transformers loads without custom code: LlamaForCausalLM for a dense model,
-    MixtralForCausalLM for an MoE (which needs an MoE in every layer), with the SentencePiece model as a
-    Llama tokenizer."""
-    if (run_dir is None) == (checkpoint_dir is None):
-        raise click.UsageError("give exactly one of --run or --checkpoint")
-    source = run_dir if run_dir is not None else checkpoint_dir
-    if overlaps(out_dir, source):  # --overwrite would delete what is being exported
-        raise UserError(
-            f"--out {out_dir} is, contains or lies inside the source {source}: exporting there could "
-            "destroy it; choose a folder outside it"
-        )
-    from training.checkpoint import newest_valid_checkpoint, read_checkpoint_config
-    from training.export_hf import export_checkpoint
+    MixtralForCausalLM for an MoE (which needs an MoE in every layer), Qwen3 for QK-norm, with the
+    SentencePiece model as a Llama tokenizer and a model card."""
+    from export.hf import add_fast_tokenizer, export_checkpoint
+    from export.model_card import model_card
+
+    checkpoint, tokenizer = _source(run_dir, checkpoint_dir, out_dir, tokenizer_path)
+    result = _eval_json(eval_json)
+
+    def finalize(folder: Path) -> None:
+        if not add_fast_tokenizer(folder):
+            click.echo("transformers not installed: wrote tokenizer.model only", err=True)
+        (folder / "README.md").write_text(model_card(checkpoint, out_dir.name, result))
 
     try:
-        checkpoint = checkpoint_dir if checkpoint_dir is not None else newest_valid_checkpoint(run_dir)
-        if tokenizer_path is None and not read_checkpoint_config(checkpoint).get("tokenizer_path"):
-            raise click.UsageError(f"{checkpoint}/config.json records no tokenizer_path: pass --tokenizer")
         out = export_checkpoint(
-            checkpoint, out_dir, tokenizer_path, dtype=dtype, overwrite=overwrite, finalize=add_fast_tokenizer
+            checkpoint, out_dir, tokenizer, dtype=dtype, overwrite=overwrite, finalize=finalize
         )
     except (FileExistsError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+        raise UserError(str(e)) from None
     click.echo(f"exported {checkpoint} -> {out}")
+
+
+@click.command("export-gguf")
+@_run
+@_checkpoint
+@click.option("--out", "out_path", required=True, type=click.Path(path_type=Path), help="The .gguf file.")
+@_tokenizer
+@click.option(
+    "--type",
+    "qtype",
+    type=click.Choice(["f32", "f16", "q8_0"]),
+    default="f32",
+    show_default=True,
+    help="Weight type: f32 (exact), f16, q8_0 (8-bit).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it is a GGUF file (nothing else).")
+def export_gguf(
+    run_dir: Path | None,
+    checkpoint_dir: Path | None,
+    out_path: Path,
+    tokenizer_path: Path | None,
+    qtype: str,
+    overwrite: bool,
+) -> None:
+    """Write one GGUF file for llama.cpp, Ollama and LM Studio (llama, Mixtral-style MoE or qwen3
+    architecture), with an Ollama Modelfile beside it (OUT's name with .Modelfile)."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise UserError("export-gguf needs the gguf package: pip install 'ptgpt[interop]'") from None
+    from export.gguf import export_gguf as export
+
+    checkpoint, tokenizer = _source(run_dir, checkpoint_dir, out_path, tokenizer_path)
+    out = export(checkpoint, out_path, tokenizer, qtype, overwrite)
+    click.echo(
+        f"exported {checkpoint} -> {out} ({qtype}); Ollama: ollama create NAME -f {out.stem}.Modelfile"
+    )

@@ -9,9 +9,10 @@ renamed and, for experts, split and transposed.
 Limitation: Mixtral has an MoE in every layer, so a model without QK-norm and with moe_every > 1
 cannot be exported (a clear error says so). Qwen3-MoE expresses it (`decoder_sparse_step`).
 
-The folder holds config.json, generation_config.json, model.safetensors and the SentencePiece model
-as a Llama tokenizer (tokenizer.model + tokenizer_config.json + special_tokens_map.json). This
-module writes the JSON itself: no `transformers` import is needed to export.
+The folder holds config.json, generation_config.json, model.safetensors, the SentencePiece model as a
+Llama tokenizer (tokenizer.model + tokenizer_config.json + special_tokens_map.json, and tokenizer.json
+when transformers is installed), a model card (README.md) and the export marker (export/output.py).
+The JSON is written here: no `transformers` import is needed to export.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from export.output import check_folder_target, replace_folder, write_marker
 from training.checkpoint import load_model, read_checkpoint_config, unwrap_model
 from training.model import GPT, MoE
 
@@ -195,21 +197,20 @@ def export_model(
     overwrite: bool = False,
     finalize: Callable[[Path], None] | None = None,
     chat: dict | None = None,
+    source: str | Path = "",
 ) -> Path:
     """Write `model` as a transformers folder at out_dir (built in a temporary folder, then renamed).
 
-    finalize(folder) runs on the complete temporary folder before the rename: the CLI uses it to add
-    a `tokenizer.json` with transformers, which this module does not import.
+    out_dir must be absent, empty, or (with overwrite) an earlier export: nothing else is replaced.
+    finalize(folder) runs on the complete temporary folder before the rename (the CLI adds the model
+    card and, with transformers, tokenizer.json).
     """
     model = unwrap_model(model)
     check_exportable(model)
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(
-            f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)"
-        )
+    check_folder_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
@@ -236,14 +237,11 @@ def export_model(
         }
         (tmp / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
         if chat is not None:  # an SFT checkpoint: its chat tokens and template (training/chat.py)
-            from training.chat import add_chat_to_hf_folder
-
             add_chat_to_hf_folder(tmp, chat)
         if finalize is not None:
             finalize(tmp)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        tmp.rename(out)
+        write_marker(tmp, "hf", source)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -265,13 +263,98 @@ def export_checkpoint(
     """
     checkpoint_dir = Path(checkpoint_dir)
     if tokenizer_path is None:
-        recorded = read_checkpoint_config(checkpoint_dir).get("tokenizer_path")
-        if recorded:
-            tokenizer_path = Path(recorded)
-            if not tokenizer_path.is_absolute() and not tokenizer_path.exists():
-                tokenizer_path = checkpoint_dir / tokenizer_path
+        tokenizer_path = recorded_tokenizer(checkpoint_dir)
     model = load_model(checkpoint_dir)
     chat = read_checkpoint_config(checkpoint_dir).get("chat")
     return export_model(
-        model, out_dir, tokenizer_path, dtype=dtype, overwrite=overwrite, finalize=finalize, chat=chat
+        model,
+        out_dir,
+        tokenizer_path,
+        dtype=dtype,
+        overwrite=overwrite,
+        finalize=finalize,
+        chat=chat,
+        source=checkpoint_dir,
     )
+
+
+def recorded_tokenizer(checkpoint_dir: Path) -> Path | None:
+    """The tokenizer_path a checkpoint records (relative paths tried from here, then from the checkpoint)."""
+    recorded = read_checkpoint_config(checkpoint_dir).get("tokenizer_path")
+    if not recorded:
+        return None
+    path = Path(recorded)
+    return checkpoint_dir / path if not path.is_absolute() and not path.exists() else path
+
+
+def add_chat_to_hf_folder(folder: str | Path, chat: dict) -> None:
+    """Describe the chat tokens and template in an exported transformers folder.
+
+    tokenizer_config.json gets the special tokens at their ids (added after the SentencePiece pieces,
+    as in training/chat.py) and the Jinja `chat_template`; generation_config.json stops at <|end|> as
+    well as EOS, so `apply_chat_template` + `generate` reproduce a reply of ours.
+    """
+    folder = Path(folder)
+    special = chat["special_tokens"]
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    decoder = config.setdefault("added_tokens_decoder", {})
+    for token, i in special.items():
+        decoder[str(i)] = {
+            "content": token,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+    config["additional_special_tokens"] = list(special)
+    config["chat_template"] = chat["hf_chat_template"]
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    path = folder / "special_tokens_map.json"
+    if path.is_file():
+        tokens = json.loads(path.read_text())
+        tokens["additional_special_tokens"] = list(special)
+        path.write_text(json.dumps(tokens, indent=2, ensure_ascii=False) + "\n")
+    generation_path = folder / "generation_config.json"
+    if generation_path.is_file():
+        generation = json.loads(generation_path.read_text())
+        eos = generation.get("eos_token_id")
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        generation["eos_token_id"] = [*eos, special["<|end|>"]]
+        generation_path.write_text(json.dumps(generation, indent=2) + "\n")
+
+
+def add_fast_tokenizer(folder: Path) -> bool:
+    """Add tokenizer.json when transformers is installed (returns whether it did).
+
+    Without it transformers converts tokenizer.model on every load, and AutoTokenizer on a Mixtral
+    folder ignores tokenizer_config.json's LlamaTokenizer class (transformers 5 maps "mixtral" to a
+    generic backend that needs tokenizer.json).
+
+    The converted decoder ends in Strip(1 leading space), meant to undo SentencePiece's dummy prefix,
+    and transformers' LlamaTokenizer class always rebuilds it so. But the text-generation pipeline
+    decodes the new tokens alone and appends them to the prompt, so the first new word lost its space
+    (`Era uma vezem`). So the decoder here keeps every space, and the folder names the generic
+    PreTrainedTokenizerFast class, which uses tokenizer.json as written: a continuation decodes as
+    ptgpt prints it; the price is that a whole text decoded from its first token starts with the
+    dummy prefix's space (encoding is unchanged: the same ids as SentencePiece). A chat model keeps
+    the Strip: a reply follows <|assistant|>, and ptgpt's reply text drops its first space too.
+    """
+    if not (folder / "tokenizer.model").is_file():
+        return False
+    try:
+        from transformers import LlamaTokenizerFast
+    except ImportError:
+        return False
+    LlamaTokenizerFast.from_pretrained(str(folder)).save_pretrained(str(folder))
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    path = folder / "tokenizer.json"
+    spec = json.loads(path.read_text())
+    if "chat_template" not in config and spec.get("decoder", {}).get("type") == "Sequence":
+        spec["decoder"]["decoders"] = [d for d in spec["decoder"]["decoders"] if d["type"] != "Strip"]
+        path.write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n")
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return True
