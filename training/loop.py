@@ -266,6 +266,7 @@ class Run:
     # throughput since the last logged step
     t_last: float = 0.0
     tokens_since: int = 0
+    tokens_pending: int = 0  # this process's tokens since the last sync_tokens
     data_wait: float = 0.0
     eval_seconds: float = 0.0
     # what run_task() returns
@@ -465,8 +466,7 @@ def train_step(run: Run) -> StepResult:
                 loss = out.total / run.grad_accum
             run.precision.backward(loss)
         loss_sum += out.value
-        run.tokens_seen += out.tokens
-        run.tokens_since += out.tokens
+        run.tokens_pending += out.tokens
         if out.expert_load is not None:
             load_sum = out.expert_load if load_sum is None else load_sum + out.expert_load
             aux = out.aux_loss
@@ -475,6 +475,19 @@ def train_step(run: Run) -> StepResult:
     run.optimizer.zero_grad(set_to_none=True)
     run.step += 1
     return StepResult(lr, loss_sum, grad_norm, load_sum, aux)
+
+
+def sync_tokens(run: Run) -> None:
+    """Add every process's tokens since the last call to tokens_seen (one all-reduce under DDP; called
+    where every rank logs or checkpoints, so the count stays exact for variable-length examples)."""
+    pending = run.tokens_pending
+    if run.d.world_size > 1:
+        total = torch.tensor([pending], device=run.device, dtype=torch.float64)
+        dist.all_reduce(total)
+        pending = int(total.item())
+    run.tokens_seen += pending
+    run.tokens_since += pending
+    run.tokens_pending = 0
 
 
 def check_finite(run: Run, result: StepResult, weights: bool = False) -> None:
@@ -503,6 +516,7 @@ def log_step(run: Run, result: StepResult, evaluating: bool) -> None:
     d = run.d
     loss = result.loss(run)  # also waits for the GPU, so the timing below is real
     check_finite(run, result)
+    sync_tokens(run)
     elapsed = max(time.perf_counter() - run.t_last, 1e-9)
     tok_s = run.tokens_since / elapsed
     record = {
@@ -555,6 +569,7 @@ def data_states_from_checkpoint(trainer: dict, tensors: dict[str, torch.Tensor])
 def save_checkpoint(run: Run) -> None:
     """Every rank hands its data positions to rank 0, which writes RUN/checkpoints/step_N/."""
     c, d, task = run.c, run.d, run.task
+    sync_tokens(run)
     states = task.data_state()
     if d.world_size > 1:
         gathered: list = [None] * d.world_size
