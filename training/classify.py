@@ -36,7 +36,7 @@ from training.config import ClassifyConfig
 from training.data import EpochSampler
 from training.loop import Dist, Loss, Run, Task, config_parser, run_task, task_main
 from training.model import GPT, ModelConfig
-from training.runs import copy_tokenizer_into_run, find_checkpoint, find_tokenizer
+from training.runs import check_apart, copy_tokenizer_into_run, find_checkpoint, find_tokenizer
 
 HEAD_FILE = "head.safetensors"
 
@@ -105,6 +105,7 @@ def split_rows(rows: list[tuple[str, str]], test_frac: float, seed: int) -> tupl
     by_label: dict[str, list[int]] = {}
     for i, (_, label) in enumerate(rows):
         by_label.setdefault(label, []).append(i)
+    check_classes(len(by_label))
     train_ids, test_ids = [], []
     for label in sorted(by_label):
         ids = [by_label[label][j] for j in rng.permutation(len(by_label[label]))]
@@ -114,6 +115,14 @@ def split_rows(rows: list[tuple[str, str]], test_frac: float, seed: int) -> tupl
     if not test_ids:
         raise UserError(f"no test rows: {len(rows)} rows are too few to hold out {test_frac:.0%} per class")
     return [rows[i] for i in sorted(train_ids)], [rows[i] for i in sorted(test_ids)]
+
+
+MAX_CLASSES = 1000
+
+
+def check_classes(n: int) -> None:
+    if n > MAX_CLASSES:
+        raise UserError(f"{n:,} classes: at most {MAX_CLASSES:,} are supported (is the label column right?)")
 
 
 def few(names, limit: int = 5) -> str:
@@ -285,12 +294,12 @@ class ClassifyTask(Task):
     def prepare(self, d: Dist) -> None:
         c = self.c
         self.d = d
+        check_apart(c.run_dir, c.base)
         run_data = Path(c.run_dir) / "data"
         train = read_labelled(c.data or run_data / "train.jsonl")
         test = read_labelled(c.test_data or run_data / "test.jsonl", min_labels=1)
         labels = sorted({label for _, label in train})
-        if len(labels) > MAX_CLASSES:
-            raise UserError(f"{len(labels):,} classes: at most {MAX_CLASSES:,} are supported")
+        check_classes(len(labels))
         unseen = {label for _, label in test} - set(labels)
         if unseen:
             raise UserError(
@@ -422,9 +431,6 @@ class ClassifyTask(Task):
         return {"report": self.report}
 
 
-MAX_CLASSES = 1000
-
-
 def train_classifier(
     c: ClassifyConfig,
     train: list[tuple[str, str]] | None = None,
@@ -434,6 +440,7 @@ def train_classifier(
 ) -> dict:
     """Fine-tune the base on (text, label) pairs (kept in RUN/data/), score it and the baselines on test."""
     if train is not None and test is not None:
+        check_apart(c.run_dir, c.base)  # before RUN/data/ is written
         c.data, c.test_data = write_run_data(c.run_dir, train, test)
     task = ClassifyTask(c, progress=progress)
     run_task(task, on_log=on_log)

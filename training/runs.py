@@ -114,6 +114,20 @@ def copy_tokenizer_into_run(run_dir: str | Path, tokenizer_path: str | Path) -> 
     return target
 
 
+def check_apart(run_dir: str | Path, base: str | Path) -> None:
+    """A fine-tuning run never writes into the model it starts from: not into its run folder or
+    checkpoint, nor around or inside them."""
+    checkpoint = find_checkpoint(base).resolve()
+    run = Path(run_dir).resolve()
+    owner = run_dir_of(checkpoint) or checkpoint
+    for folder in {owner.resolve(), checkpoint, Path(base).resolve()}:
+        if run == folder or run.is_relative_to(folder) or folder.is_relative_to(run):
+            raise UserError(
+                f"--run {run_dir} is the base run itself or overlaps it ({folder}): "
+                "give the tuned model a new folder"
+            )
+
+
 def recorded_corpus(run_or_checkpoint: str | Path) -> Path:
     """The corpus folder a run was trained on, as its checkpoint records it, if it still exists."""
     checkpoint = find_checkpoint(run_or_checkpoint)

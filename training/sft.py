@@ -38,7 +38,7 @@ from training.data import EpochSampler
 from training.loop import Dist, Loss, Run, Task, config_parser, run_task, task_main
 from training.model import GPT, IGNORE_INDEX
 from training.runs import TOKENIZER_FILE as RUN_TOKENIZER_FILE
-from training.runs import copy_tokenizer_into_run, find_checkpoint, load_run
+from training.runs import check_apart, copy_tokenizer_into_run, load_run
 
 
 class DataError(UserError, ValueError):
@@ -163,8 +163,7 @@ class SFTTask(Task):
     def prepare(self, d: Dist) -> None:
         c = self.c
         self.d = d
-        if Path(c.run_dir).resolve() == find_checkpoint(c.base).resolve().parents[1]:
-            raise UserError(f"--run {c.run_dir} is the base run itself: give the tuned model a new folder")
+        check_apart(c.run_dir, c.base)
         self.base_model, self.tok, self.base_meta = load_base(c.base)
         context = self.base_model.config.max_seq_len
         self.max_len = min(c.max_len or context, context)

@@ -116,6 +116,7 @@ def classify(
     and a bag-of-words naive Bayes baseline. `authors`: train and test paragraphs of each author come
     from different books."""
     from training.classify import read_labelled, split_rows, write_run_data
+    from training.runs import check_apart
 
     config = ClassifyConfig(base=str(base), run_dir=str(run_dir), **pick(ClassifyConfig, params))
     if task == "authors":
@@ -128,6 +129,7 @@ def classify(
     else:
         train, test = split_rows(read_labelled(task), test_frac, config.seed)
     click.echo(f"{len(train)} training and {len(test)} test texts, {len({y for _, y in train})} classes")
+    check_apart(run_dir, base)  # before RUN/data/ is written
     config.data, config.test_data = write_run_data(run_dir, train, test)
     code = launch("training.classify", config, nproc)
     if code == 0:
