@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from export.output import check_folder_target, replace_folder, write_marker
 from training.checkpoint import load_model, read_checkpoint_config, unwrap_model
 from training.model import GPT, MoE
+from training.runs import find_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -258,12 +259,12 @@ def export_checkpoint(
 ) -> Path:
     """Export a checkpoint folder written by training.checkpoint.save_model.
 
-    The tokenizer defaults to the `tokenizer_path` recorded in the checkpoint's config.json (resolved
-    relative to the checkpoint folder when it is relative and not found from the working directory).
+    The tokenizer defaults to the checkpoint's own (training.runs.find_tokenizer: the run's copy, then
+    the recorded corpus file).
     """
     checkpoint_dir = Path(checkpoint_dir)
     if tokenizer_path is None:
-        tokenizer_path = recorded_tokenizer(checkpoint_dir)
+        tokenizer_path = find_tokenizer(checkpoint_dir)
     model = load_model(checkpoint_dir)
     chat = read_checkpoint_config(checkpoint_dir).get("chat")
     return export_model(
@@ -276,15 +277,6 @@ def export_checkpoint(
         chat=chat,
         source=checkpoint_dir,
     )
-
-
-def recorded_tokenizer(checkpoint_dir: Path) -> Path | None:
-    """The tokenizer_path a checkpoint records (relative paths tried from here, then from the checkpoint)."""
-    recorded = read_checkpoint_config(checkpoint_dir).get("tokenizer_path")
-    if not recorded:
-        return None
-    path = Path(recorded)
-    return checkpoint_dir / path if not path.is_absolute() and not path.exists() else path
 
 
 def add_chat_to_hf_folder(folder: str | Path, chat: dict) -> None:

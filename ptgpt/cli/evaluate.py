@@ -9,19 +9,7 @@ from pathlib import Path
 import click
 
 from common.errors import UserError
-
-
-def _checkpoint_of(run_dir: Path | None, checkpoint_dir: Path | None) -> Path:
-    from training.checkpoint import newest_valid_checkpoint
-
-    if (run_dir is None) == (checkpoint_dir is None):
-        raise UserError("give exactly one of --run or --checkpoint")
-    if checkpoint_dir is not None:
-        return checkpoint_dir
-    try:
-        return newest_valid_checkpoint(run_dir)
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from None  # says where it looked and what to do
+from ptgpt.cli.options import checkpoint_of
 
 
 def _names(value: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -233,7 +221,7 @@ def eval_command(
     if lm_eval_tasks is not None:
         from export.lm_eval_tasks import write_tasks_for_eval
 
-        checkpoint = _checkpoint_of(run_dir, checkpoint_dir) if run_dir or checkpoint_dir else None
+        checkpoint = checkpoint_of(run_dir, checkpoint_dir) if run_dir or checkpoint_dir else None
         names = write_tasks_for_eval(lm_eval_tasks, corpus, checkpoint, quick)
         click.echo(
             f"wrote {', '.join(names)} to {lm_eval_tasks}: lm_eval --include_path {lm_eval_tasks} --tasks ptgpt"
@@ -252,13 +240,13 @@ def eval_command(
             raise UserError(f"{name} must be >= 1, got {value}")
     if json_path is not None:
         _check_json_target(json_path)
-    checkpoint = _checkpoint_of(run_dir, checkpoint_dir)
+    checkpoint = checkpoint_of(run_dir, checkpoint_dir)
 
-    from training.checkpoint import load_model, read_checkpoint_config
+    from training.checkpoint import read_checkpoint_config
     from training.data import CorpusError, CorpusInfo, check_tokenizer
     from training.eval_tasks import run_suite
-    from training.evaluate import load_tokenizer
     from training.precision import choose_precision, cuda_capability, pick_device
+    from training.runs import load_run
 
     try:
         meta = read_checkpoint_config(checkpoint)
@@ -292,7 +280,7 @@ def eval_command(
         precision = choose_precision(precision, torch_device.type, cuda_capability(torch_device))
     except UserError as e:
         raise UserError(f"the run trained in {precision}, which this device cannot: {e}") from None
-    model = load_model(checkpoint, device=torch_device)
+    loaded = load_run(checkpoint, str(torch_device))
     from training.ngram import cached_fit
 
     if info.manifest["splits"].get("train", {}).get("shards") and cached_fit(corpus) is None:
@@ -301,8 +289,8 @@ def eval_command(
         )
     try:
         result = run_suite(
-            model,
-            load_tokenizer(info.tokenizer_path),
+            loaded.model,
+            loaded.tokenizer.sp,
             corpus,
             names,
             QUICK if quick else SuiteConfig(),

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from common.errors import UserError
+from ptgpt.cli.options import checkpoint_of
 
 
 def overlaps(a: Path, b: Path) -> bool:
@@ -18,8 +19,7 @@ def overlaps(a: Path, b: Path) -> bool:
 
 def _source(run_dir: Path | None, checkpoint_dir: Path | None, out: Path, tokenizer: Path | None):
     """The checkpoint to export and its tokenizer, or a one-line error."""
-    from export.hf import recorded_tokenizer
-    from training.checkpoint import newest_valid_checkpoint
+    from training.runs import find_tokenizer
 
     if (run_dir is None) == (checkpoint_dir is None):
         raise click.UsageError("give exactly one of --run or --checkpoint")
@@ -30,12 +30,10 @@ def _source(run_dir: Path | None, checkpoint_dir: Path | None, out: Path, tokeni
             "destroy it; choose a folder outside it"
         )
     try:
-        checkpoint = checkpoint_dir if checkpoint_dir is not None else newest_valid_checkpoint(run_dir)
-        tokenizer = tokenizer or recorded_tokenizer(checkpoint)
+        checkpoint = checkpoint_of(run_dir, checkpoint_dir)
+        tokenizer = tokenizer or find_tokenizer(checkpoint)  # the run's copy first: a moved corpus is fine
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    if tokenizer is None:
-        raise click.UsageError(f"{checkpoint}/config.json records no tokenizer_path: pass --tokenizer")
     if not Path(tokenizer).is_file():
         raise UserError(f"tokenizer model not found: {tokenizer} (pass --tokenizer)")
     return checkpoint, Path(tokenizer)

@@ -105,3 +105,13 @@ def pick(cls: type, params: dict) -> dict:
     if "progress" in names and "quiet" in params:
         picked["progress"] = not params["quiet"]
     return picked
+
+
+def checkpoint_of(run_dir, checkpoint_dir):
+    """--run (its newest valid checkpoint) or --checkpoint: the one way every command names a model."""
+    from common.errors import UserError
+    from training.runs import find_checkpoint
+
+    if (run_dir is None) == (checkpoint_dir is None):
+        raise UserError("give exactly one of --run or --checkpoint")
+    return find_checkpoint(checkpoint_dir if checkpoint_dir is not None else run_dir)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from ptgpt.cli.options import Duration, OptionalNumber, config_options, pick
+from ptgpt.cli.options import Duration, OptionalNumber, checkpoint_of, config_options, pick
 from training.config import TrainConfig
 
 
@@ -132,16 +132,6 @@ def config_to_args(config) -> list[str]:
     return to_args(config)
 
 
-def _checkpoint_of(run_dir: Path | None, checkpoint_dir: Path | None) -> Path:
-    from training.checkpoint import newest_valid_checkpoint
-
-    if (run_dir is None) == (checkpoint_dir is None):
-        raise click.UsageError("give exactly one of --run or --checkpoint")
-    if checkpoint_dir is not None:
-        return checkpoint_dir
-    return newest_valid_checkpoint(run_dir)
-
-
 def _device(name: str) -> str:
     """--device as torch names it: auto picks cuda, then mps, then cpu; a missing one is a UserError."""
     from training.precision import pick_device
@@ -209,7 +199,7 @@ def generate(
     from training.runs import load_run
 
     sampling = SamplingConfig(max_new_tokens, temperature, top_k or None, top_p, seed).validated()
-    run = load_run(_checkpoint_of(run_dir, checkpoint_dir), _device(device), tokenizer_path)
+    run = load_run(checkpoint_of(run_dir, checkpoint_dir), _device(device), tokenizer_path)
     notify = lambda message: click.echo(f"note: {message}", err=True)  # noqa: E731
     texts = sample_texts(run.model, run.tokenizer, list(prompts), sampling, notify=notify)
     click.echo(f"# {run.checkpoint}", err=True)
