@@ -326,7 +326,7 @@ def test_sft_under_torchrun_matches_one_process(corpus, base, tmp_path):
     the same conversations, so the losses agree up to float summation order."""
     import os
 
-    from training.loop import run_launcher, torchrun_command
+    from training.launch import run_launcher, torchrun_command
 
     data = write_items(tmp_path / "data.jsonl", corpus)
     single = sft(sft_config(base, data, tmp_path / "single", max_steps=4, batch_size=8, threads=1))

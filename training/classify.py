@@ -34,7 +34,8 @@ from training import checkpoint as ckpt
 from training.chat import load_chat_tokenizer
 from training.config import ClassifyConfig
 from training.data import EpochSampler
-from training.loop import Dist, Loss, Run, Task, config_parser, run_task, task_main
+from training.launch import config_parser, task_main
+from training.loop import Dist, Loss, Run, Task, run_task
 from training.model import GPT, ModelConfig
 from training.runs import check_apart, copy_tokenizer_into_run, find_checkpoint, find_tokenizer
 

@@ -35,7 +35,8 @@ from training.chat import (
 )
 from training.config import SFTConfig
 from training.data import EpochSampler
-from training.loop import Dist, Loss, Run, Task, config_parser, run_task, task_main
+from training.launch import config_parser, task_main
+from training.loop import Dist, Loss, Run, Task, run_task
 from training.model import GPT, IGNORE_INDEX
 from training.runs import TOKENIZER_FILE as RUN_TOKENIZER_FILE
 from training.runs import check_apart, copy_tokenizer_into_run, load_run

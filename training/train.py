@@ -56,22 +56,24 @@ from training.data import CorpusInfo, DevicePrefetcher, LoaderConfig, TokenWindo
 from training.engine import SamplingConfig, sample_texts
 from training.eval_tasks import baseline_figures, quick_eval
 from training.evaluate import SAMPLE_PROMPTS, evaluate
-from training.loop import (
+from training.launch import (
     SUMMARY_KEYS,  # noqa: F401 - the CLI prints these
+    config_parser,
+    config_to_args,  # noqa: F401 - launchers hand a TrainConfig to torchrun with it
+    run_launcher,
+    task_main,
+)
+from training.launch import torchrun_command as task_torchrun_command
+from training.loop import (
     Dist,
     Loss,
     Run,
     Task,
     TrainingDiverged,  # noqa: F401 - callers catch it from here
-    config_parser,
-    config_to_args,  # noqa: F401 - launchers hand a TrainConfig to torchrun with it
     lr_at,  # noqa: F401 - the schedule, for tests and plots
     pick_device,
-    run_launcher,
     run_task,
-    task_main,
 )
-from training.loop import torchrun_command as task_torchrun_command
 from training.model import ModelConfig
 from training.precision import choose_precision, cuda_capability
 from training.runs import TOKENIZER_FILE as RUN_TOKENIZER_FILE
@@ -345,7 +347,7 @@ def build_parser():
         "Train a GPT on a ptgpt corpus (rerun the same command to resume).",
         required=("corpus", "run_dir"),
     )
-    from training.loop import arg_type
+    from training.launch import arg_type
 
     model = parser.add_argument_group("model overrides (replace the preset's ModelConfig fields)")
     for name, hint in __import__("typing").get_type_hints(ModelConfig).items():

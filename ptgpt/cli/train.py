@@ -89,7 +89,7 @@ def train(ctx: click.Context, corpus: Path, run_dir: Path, nproc: int, **params)
 
 def launch(module: str, config, nproc: int) -> int:
     """Run a config in this process, or under torchrun on `nproc` processes; prints the summary line."""
-    from training.loop import SUMMARY_KEYS, exit_code, run_launcher, torchrun_command
+    from training.launch import SUMMARY_KEYS, exit_code, run_launcher, torchrun_command
 
     if nproc > 1:
         # torchrun's own report of a failed rank is long: refuse bad input here first
@@ -127,7 +127,7 @@ def run_in_process(module: str, config) -> dict:
 
 
 def config_to_args(config) -> list[str]:
-    from training.loop import config_to_args as to_args
+    from training.launch import config_to_args as to_args
 
     return to_args(config)
 
