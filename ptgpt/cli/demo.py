@@ -25,17 +25,38 @@ DEMO_TRAINING = {
 }
 
 
+PER_ITEM_TASKS = {"download-book", "clean-book", "clean-chunk"}  # pipelines/tasks.py: one run per book
+
+
+class PerItemTasksFilter(logging.Filter):
+    """Drops the INFO lines of per-book task runs (two per book); their warnings and errors stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or getattr(record, "task_name", None) not in PER_ITEM_TASKS
+
+
 def quiet_prefect() -> None:
-    """Keep the flow runs' lines (one per stage), drop the task runs' (two per book) and the server's.
+    """Keep the flow runs' lines (a few per stage) and the train task's (the trainer's messages, printed
+    through Prefect), drop the per-book task runs' lines and Prefect's own (server start, client).
 
-    PREFECT_LOGGING_LEVEL, set before prefect is imported, is the user's to override."""
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    level = os.environ["PREFECT_LOGGING_LEVEL"]
-    import prefect  # noqa: F401 - configures its loggers on import; the levels below come after that
+    Set as environment variables because Prefect reconfigures its loggers from them more than once; a
+    PREFECT_LOGGING_LEVEL of the user's own wins."""
+    if "PREFECT_LOGGING_LEVEL" not in os.environ:
+        os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
+        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL", "INFO")
+        os.environ.setdefault("PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL", "INFO")
+    import prefect  # noqa: F401 - configures its loggers on import (a no-op if it already was)
 
-    logging.getLogger("prefect").setLevel(level)
-    logging.getLogger("prefect.task_runs").setLevel(level)
-    logging.getLogger("prefect.flow_runs").setLevel(min(logging.INFO, logging.getLevelName(level)))
+    for name, variable in (
+        ("prefect", "PREFECT_LOGGING_LEVEL"),
+        ("prefect.flow_runs", "PREFECT_LOGGING_LOGGERS_PREFECT_FLOW_RUNS_LEVEL"),
+        ("prefect.task_runs", "PREFECT_LOGGING_LOGGERS_PREFECT_TASK_RUNS_LEVEL"),
+    ):
+        if os.environ.get(variable):
+            logging.getLogger(name).setLevel(os.environ[variable])
+    task_logger = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, PerItemTasksFilter) for f in task_logger.filters):
+        task_logger.addFilter(PerItemTasksFilter())
 
 
 def shown(path: Path) -> str:
