@@ -195,18 +195,21 @@ def test_demo_log_is_short_and_ends_with_the_next_commands(tmp_path: Path) -> No
     env.pop("PREFECT_LOGGING_LEVEL", None)
     args = ["--out", str(tmp_path / "demo"), "--extra-books", "4", "--vocab-size", "400"]
     args += ["--max-steps", "4", "--sft-steps", "2"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "ptgpt.cli", "demo", *args],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = proc.stderr + proc.stdout
+
+    def demo() -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "ptgpt.cli", "demo", *args]
+        proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    first = demo()
+    log = first.stderr + first.stdout
     assert len(log.splitlines()) < 100, log
-    assert "Task run" not in log and "\r" not in log and "Starting temporary server" not in log
-    assert "Flow run" in log  # one line per stage stays
-    assert "None" not in proc.stdout and "expected:" in proc.stdout
-    assert "next:" in proc.stdout.rstrip().splitlines()[-6:]
+    assert "\r" not in log and "Starting temporary server" not in log
+    assert "Task run 'download-" not in log and "Task run 'clean-" not in log  # no lines per book
+    assert "Flow run" in log and "val loss" in log  # the stages and the trainer's lines stay
+    assert "None" not in first.stdout and "expected:" in first.stdout
+    assert "next:" in first.stdout.rstrip().splitlines()[-6:]
+    rerun = demo()  # everything reused: nothing trained, and the log says so rather than "loss None"
+    assert "None" not in rerun.stderr + rerun.stdout and "nothing to train" in rerun.stderr
+    assert "expected:" in rerun.stdout
