@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import textwrap
 import time
 from pathlib import Path
 
@@ -86,8 +87,9 @@ def final_screen(out: Path, seconds: float, sample: tuple[str, str, str], chat: 
     lines = [
         "",
         f"== ptgpt demo done in {minutes}m{secs:02d}s; everything is under {shown(out)}/ ==",
-        f"  raw/      the downloaded books as served, with manifest.jsonl ({books} books kept)",
-        f"  corpus/   cleaned, deduplicated Parquet shards ({tokens:,} tokens), tokenizer.model, README.md",
+        "  raw/      the downloaded books, byte for byte as served, with manifest.jsonl",
+        f"  corpus/   {books} books cleaned and deduplicated: Parquet shards ({tokens:,} tokens), tokenizer.model,",
+        "            README.md (the dataset card)",
         "  run/      the pre-trained model: checkpoints/, loss.png, metrics.jsonl, samples.txt, tb/",
     ]
     if chat is not None:
@@ -113,7 +115,8 @@ def final_screen(out: Path, seconds: float, sample: tuple[str, str, str], chat: 
             "    seen in tuning; a model this small is mostly wrong, the gain from tuning is the point)",
         ]
     prompt, checkpoint, text = sample
-    lines += ["", f"sample of the pre-trained model ({checkpoint}), prompt {prompt!r}:", f"  {text}"]
+    lines += ["", f"sample of the pre-trained model ({checkpoint}), prompt {prompt!r}:"]
+    lines += textwrap.wrap(text, 100, initial_indent="  ", subsequent_indent="  ")
     if chat is not None:
         verdict = "right" if chat["right"] else "wrong"
         lines += [
@@ -125,14 +128,15 @@ def final_screen(out: Path, seconds: float, sample: tuple[str, str, str], chat: 
         ]
     run, sft = shown(out / "run"), shown(out / "sft")
     lines += ["", "next:"]
-    if chat is not None:
-        lines += [
-            f"  {prog} chat --run {sft}                # talk to it in the terminal",
-            f"  {prog} serve-model --run {sft}         # API + chat page on http://127.0.0.1:8000",
-        ]
-    else:
-        lines.append(f'  {prog} generate --run {run} --prompt "Era uma vez"')
-    lines.append(f"  {prog} eval --run {run}                 # bpb and tasks beside every baseline")
+    commands = [
+        (f"{prog} chat --run {sft}", "talk to it in the terminal"),
+        (f"{prog} serve-model --run {sft}", "API + chat page on http://127.0.0.1:8000"),
+    ]
+    if chat is None:
+        commands = [(f'{prog} generate --run {run} --prompt "Era uma vez"', "continue a prompt")]
+    commands.append((f"{prog} eval --run {run}", "bpb and tasks beside every baseline"))
+    width = max(len(c) for c, _ in commands)
+    lines += [f"  {c.ljust(width)}   # {why}" for c, why in commands]
     lines.append(f"  (also: tensorboard --logdir {shown(out)}; the loss plot: {run}/loss.png; README.md)")
     return "\n".join(lines)
 
