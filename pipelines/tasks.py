@@ -106,9 +106,7 @@ def train_model(config, on_log=None) -> dict:
     logger = get_run_logger()
     logger.info("training %s on %s up to step %d", config.preset, config.corpus, config.max_steps)
     summary = train(config, on_log=on_log)
-    if summary["final_loss"] is None:  # a rerun of a finished run: nothing trained, no new losses
-        logger.info("already at step %s: nothing to train (raise max_steps to continue)", summary["step"])
-    else:
+    if summary["final_loss"] is not None:  # else a rerun of a finished run, which the trainer has said
         logger.info(
             "stopped at step %s: loss %.4f, validation loss %s",
             summary["step"],

@@ -169,7 +169,7 @@ def test_final_screen_explains_figures_and_ends_with_next_commands(tmp_path: Pat
     screen = final_screen(out, 372.0, ("Era uma vez", "step_300", "Era uma vez um rei"), chat)
     assert "done in 6m12s" in screen and "data/demo/" in screen and str(tmp_path) not in screen
     assert "4 books cleaned" in screen and "1,050 tokens" in screen
-    assert "0.250 at step 300" in screen and "3-gram" in screen and "0.310, so it beats it" in screen
+    assert "0.250 at step 300" in screen and "3-gram" in screen and "0.310, so the model beats it" in screen
     assert "base 1.7% -> tuned 3.3% of 60" in screen
     assert "> Quem escreveu «X»?" in screen and "expected: Eça de Queirós.  (right)" in screen
     assert "{" not in screen  # no JSON dump

@@ -97,12 +97,14 @@ def final_screen(out: Path, seconds: float, sample: tuple[str, str, str], chat: 
     lines += ["", "what the numbers mean:"]
     if ev:
         bpb, ngram = ev["val_bpb"], ev.get("ngram_val_bpb")
-        line = f"  validation bits per byte {bpb:.3f} at step {ev['step']} (lower is better)"
+        lines.append(f"  validation bits per byte {bpb:.3f} at step {ev['step']} (lower is better)")
         if ngram is not None:
             verdict = "beats" if bpb < ngram else "does not beat yet"
-            line += f"; a {int(ev.get('ngram_order') or 0)}-gram model of the same corpus: {ngram:.3f}, so it {verdict} it"
+            order = int(ev.get("ngram_order") or 0)
+            lines.append(
+                f"    a {order}-gram model of the same corpus: {ngram:.3f}, so the model {verdict} it"
+            )
         lines += [
-            line,
             "    (the sample books are generated from templates, hence far below the ~2.4 of a small model on",
             "    real books: docs/benchmarks.md)",
         ]
