@@ -197,7 +197,7 @@ def test_demo_log_is_short_and_ends_with_the_next_commands(tmp_path: Path) -> No
     args += ["--max-steps", "4", "--sft-steps", "2"]
 
     def demo() -> subprocess.CompletedProcess:
-        command = [sys.executable, "-m", "ptgpt.cli", "demo", *args]
+        command = [sys.executable, "-m", "ptgpt", "demo", *args]
         proc = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc
