@@ -103,7 +103,7 @@ def test_compare_plots_next_to_the_runs_and_shows_sft_runs(tmp_path: Path, monke
     header = rows[0].split()
     sft_row = dict(zip(header, next(r for r in rows if r.startswith(str(tuned))).split(), strict=True))
     assert sft_row["kind"] == "sft" and sft_row["val_loss"] == f"{1.5 / 2:.4f}" and sft_row["step"] == "2"
-    assert "a sft run" in result.output
+    assert f"{tuned}: kind sft" in result.output
     asked = tmp_path / "asked" / "c.png"
     result = CliRunner().invoke(compare, [str(base), "--plot", str(asked)], catch_exceptions=False)
     assert asked.is_file() and png_size(asked)[0] == 7 * 120  # pre-training only: one panel

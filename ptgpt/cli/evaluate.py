@@ -450,7 +450,9 @@ def compare(runs: tuple[Path, ...], plot_path: Path | None, json_path: Path | No
     run_verdicts = {}
     for run, summary in zip(runs, summaries, strict=True):
         if summary["kind"] != "pretrain":
-            click.echo(f"{run}: a {summary['kind']} run (val_loss: on its own held-out data; no baselines)")
+            click.echo(
+                f"{run}: kind {summary['kind']} (its val_loss is on its own held-out data; no baselines)"
+            )
             continue
         corpus, figures = _run_baselines(run)
         if corpus is None or not figures:
