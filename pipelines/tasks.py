@@ -106,12 +106,13 @@ def train_model(config, on_log=None) -> dict:
     logger = get_run_logger()
     logger.info("training %s on %s up to step %d", config.preset, config.corpus, config.max_steps)
     summary = train(config, on_log=on_log)
-    logger.info(
-        "stopped at step %s: loss %s, validation loss %s",
-        summary["step"],
-        summary["final_loss"],
-        summary["val_loss"],
-    )
+    if summary["final_loss"] is not None:  # else a rerun of a finished run, which the trainer has said
+        logger.info(
+            "stopped at step %s: loss %.4f, validation loss %s",
+            summary["step"],
+            summary["final_loss"],
+            "-" if summary["val_loss"] is None else f"{summary['val_loss']:.4f}",
+        )
     return summary
 
 

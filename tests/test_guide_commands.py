@@ -63,11 +63,13 @@ COMMANDS = quoted_commands()
 def test_the_guide_quotes_commands_for_every_stage():
     pages = {page for page, _ in COMMANDS}
     assert len(list(GUIDE.glob("*.md"))) >= 11
-    for stage in ("01-raspagem", "02-limpeza", "07-treino", "08-avaliacao", "09-geracao", "10-exportacao"):
+    stages = ("01-raspagem", "02-limpeza", "07-treino", "08-avaliacao", "09-geracao", "10-exportacao")
+    for stage in (*stages, "11-instrucoes-e-conversa", "README"):
         assert f"{stage}.md" in pages, stage
     subcommands = {tuple(resolve(shlex.split(line)[1:])[0]) for _, line in COMMANDS}
-    for needed in (("scrape",), ("corpus", "build"), ("train",), ("eval",), ("generate",), ("export-hf",)):
-        assert needed in subcommands, needed
+    needed = [("scrape",), ("corpus", "build"), ("train",), ("eval",), ("generate",), ("export-hf",)]
+    for command in [*needed, ("sft",), ("chat",), ("serve-model",), ("compare",)]:
+        assert command in subcommands, command
 
 
 @pytest.mark.parametrize(("page", "line"), COMMANDS, ids=[f"{p}:{c[:40]}" for p, c in COMMANDS])

@@ -34,6 +34,8 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch):
         "PTGPT_NB_VOCAB": "600",
         "PTGPT_NB_PRESET": "tiny",
         "PTGPT_NB_STEPS": "20",
+        "PTGPT_NB_SFT_STEPS": "2",
+        "PTGPT_NB_SCORE_ITEMS": "4",
         "PTGPT_NB_WORK": str(tmp_path / "work"),
         "CUDA_VISIBLE_DEVICES": "",
         "OMP_NUM_THREADS": "1",  # torch in the kernel and in the ptgpt subprocesses: no oversubscription
@@ -56,6 +58,7 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch):
     assert "preset tiny, 20 steps" in text
     assert "bpb validation" in text and "choice acc" in text  # ptgpt eval
     assert "Era uma vez" in text and "Disse-lhe a mãe que" in text  # ptgpt generate
+    assert "held-out instructions (4 items" in text and "\n> " in text and "expected: " in text  # sft, chat
     images = [o for outs in outputs.values() for o in outs if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the cleaning plot and the live loss plot
     html = [
@@ -64,3 +67,4 @@ def test_notebook_runs_top_to_bottom_on_cpu(tmp_path, monkeypatch):
     assert any("kept" in h and "encoding" in h for h in html)  # the per-book cleaning table
     run = tmp_path / "work" / "run"
     assert (run / "metrics.jsonl").is_file() and any((run / "checkpoints").iterdir())
+    assert (tmp_path / "work" / "sft" / "heldout_scores.json").is_file()

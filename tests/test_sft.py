@@ -242,13 +242,13 @@ def test_demo_ends_with_a_chat_exchange(base, tmp_path, capsys):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        demo_chat(base, tmp_path / "sft", max_steps=2, score_items=4)
+        chat = demo_chat(base, tmp_path / "sft", max_steps=2, score_items=4)
     finally:
         torch.set_num_threads(threads)
-    out = capsys.readouterr().out
-    assert "held-out instructions (4 items" in out
-    exchange = out.split("(a held-out question):\n")[1]
-    assert exchange.startswith("> ") and ("Quem" in exchange or "«" in exchange)
+    assert capsys.readouterr().out == ""  # the demo prints the exchange on its final screen
+    assert chat["report"]["items"] == 4 and set(chat["report"]) == {"items", "base", "tuned"}
+    assert "Quem" in chat["question"] or "«" in chat["question"]
+    assert chat["expected"] and isinstance(chat["right"], bool) and isinstance(chat["reply"], str)
 
 
 def test_chat_repl_keeps_history_drops_old_turns_and_resets(corpus, base, tmp_path):

@@ -148,7 +148,7 @@ class TrainConfig(LoopConfig):
     eval_batches: int | None = 50  # validation batches per process per evaluation; None: the whole split
     eval_batch_size: int | None = None  # None: batch_size
     samples: bool = True  # generate from fixed Portuguese prompts at each evaluation
-    sample_tokens: int = 48
+    sample_tokens: int = 48  # new tokens per sample (RUN/samples.txt)
     eval_tasks: bool = True  # also lastword_acc, choice_acc of the quick suite (training/eval_tasks.py)
 
     def __post_init__(self) -> None:

@@ -92,13 +92,22 @@ class MetricsLogger:
             self._tb.close()
 
 
+def stderr_is_terminal() -> bool:
+    """Bars only for a person watching: in a log file or a pipe each frame would be one more line."""
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stderr
+        return False
+
+
 class ProgressBar:
-    """tqdm bar over steps with loss and tokens/s; without it (disabled, or no tqdm) only messages print."""
+    """tqdm bar over steps with loss and tokens/s on a terminal; elsewhere (not a terminal, disabled, or no
+    tqdm) only the messages print."""
 
     def __init__(self, start: int, total: int, enabled: bool = True):
         self.bar = None
         self.enabled = enabled
-        if not enabled:
+        if not enabled or not stderr_is_terminal():
             return
         try:
             from tqdm import tqdm
@@ -134,8 +143,9 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 
 def plot_run(run_dir: str | Path) -> Path | None:
-    """Draw RUN/loss.png from metrics.jsonl: train and validation loss, validation bits per byte, and
-    for an MoE the latest expert load per layer. Returns the path, or None without matplotlib."""
+    """Draw RUN/loss.png from metrics.jsonl: train and validation loss, then a panel for each thing the run
+    logged: validation bits per byte beside the n-gram's, and for an MoE the latest expert load per layer.
+    Returns the path, or None without matplotlib."""
     try:
         import matplotlib
 
@@ -146,11 +156,14 @@ def plot_run(run_dir: str | Path) -> Path | None:
         return None
     records = read_metrics(run_dir)
     train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["step"], r["val_loss"], r.get("val_bpb")) for r in records if "val_loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    bpb = [(r["step"], r["val_bpb"]) for r in records if r.get("val_bpb") is not None]
+    ngram = next((r for r in reversed(records) if r.get("ngram_val_bpb") is not None), None)
     loads = [(r["step"], r["expert_load"]) for r in records if r.get("expert_load")]
-    n_panels = 2 + bool(loads)
-    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4.2))
-    ax = axes[0]
+    n_panels = 1 + bool(bpb) + bool(loads)  # an SFT run logs no bits per byte: no empty panel for them
+    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4.2), squeeze=False)
+    axes = list(axes[0])
+    ax = axes.pop(0)
     if train:
         steps, losses = zip(*train, strict=True)
         ax.plot(steps, losses, color="tab:blue", alpha=0.3, lw=0.8, label="train")
@@ -164,18 +177,22 @@ def plot_run(run_dir: str | Path) -> Path | None:
         ax.plot([v[0] for v in val], [v[1] for v in val], "o-", color="tab:orange", label="validation")
     ax.set(xlabel="step", ylabel="loss (nats/token)", title="loss")
     ax.grid(alpha=0.3)
-    ax.legend()
-    ax = axes[1]
-    bpb = [(v[0], v[2]) for v in val if v[2] is not None]
+    if train or val:
+        ax.legend()
     if bpb:
-        ax.plot([b[0] for b in bpb], [b[1] for b in bpb], "o-", color="tab:green")
+        ax = axes.pop(0)
+        ax.plot([b[0] for b in bpb], [b[1] for b in bpb], "o-", color="tab:green", label="model")
         ax.annotate(f"{bpb[-1][1]:.3f}", bpb[-1], textcoords="offset points", xytext=(-10, 8))
-    ax.set(xlabel="step", ylabel="bits per byte", title="validation bits per byte")
-    ax.grid(alpha=0.3)
+        if ngram is not None:
+            order = int(ngram.get("ngram_order") or 0)
+            ax.axhline(ngram["ngram_val_bpb"], color="gray", ls="--", lw=1, label=f"{order}-gram baseline")
+        ax.set(xlabel="step", ylabel="bits per byte (lower is better)", title="validation bits per byte")
+        ax.grid(alpha=0.3)
+        ax.legend()
     if loads:
         # Load imbalance per MoE layer: the busiest expert's share of routed tokens times the number of
         # experts. 1.0 is perfectly balanced; n_experts means one expert takes everything.
-        ax = axes[2]
+        ax = axes.pop(0)
         steps = [s for s, _ in loads]
         for layer in range(len(loads[0][1])):
             ax.plot(steps, [max(load[layer]) * len(load[layer]) for _, load in loads], label=f"layer {layer}")

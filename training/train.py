@@ -272,7 +272,7 @@ class PretrainTask(Task):
             if "ngram_val_bpb" in record:
                 ngram = record["ngram_val_bpb"]
                 verdict = "beats" if val["bpb"] < ngram else "loses to"
-                line += f" ({verdict} the {record['ngram_order']}-gram's {ngram:.4f})"
+                line += f" ({verdict} the {int(record['ngram_order'])}-gram's {ngram:.4f})"
             run.write(line)
             if self.tokenizer is not None and c.samples:
                 self.write_samples(run)

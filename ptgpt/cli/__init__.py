@@ -31,8 +31,36 @@ from ptgpt.cli.train import generate, train
 DEBUG_ENV = "PTGPT_DEBUG"
 
 
+# Commands in the order of the work, each with a one-line summary (click would otherwise sort them by
+# name and cut each docstring's first sentence to fit, sometimes mid-sentence).
+WORKFLOW = (
+    (demo, "Start here: corpus, training, SFT and chat, offline."),
+    (scrape, "Find Portuguese books and download their texts."),
+    (mirror, "Serve the sample books as a local Gutenberg-layout mirror."),
+    (corpus, "Clean, dedup, tokenize and shard downloaded books."),
+    (train, "Pre-train a GPT on a corpus (rerun to resume)."),
+    (generate, "Continue a prompt with a trained model."),
+    (eval_command, "Bits per byte and Portuguese tasks beside baselines."),
+    (compare, "Runs side by side, with baselines and a plot."),
+    (instructions, "Write a corpus's own instruction set (for sft)."),
+    (sft, "Instruction-tune a pre-trained run for chat."),
+    (chat, "Talk to a tuned model in the terminal."),
+    (serve_model, "OpenAI-compatible API and chat page for a model."),
+    (classify, "Fine-tune a classifier (e.g. authors) on a run."),
+    (export_hf, "Write a folder that transformers loads (with a model card)."),
+    (export_gguf, "Write a GGUF file for llama.cpp and Ollama."),
+    (build, "Prefect flow build-corpus: download, then build."),
+    (run, "Prefect flow corpus-and-train: the main job."),
+    (serve, "Serve the Prefect deployments to a Prefect server."),
+)
+
+
 class App(click.Group):
-    """The ptgpt group: turns expected failures into one `Error: ...` line and a non-zero exit."""
+    """The ptgpt group: lists its commands in workflow order, and turns expected failures into one
+    `Error: ...` line and a non-zero exit."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -52,28 +80,13 @@ def debugging(ctx: click.Context) -> bool:
     return bool(ctx.params.get("debug")) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-@click.group(cls=App, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=App, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="ptgpt")
 @click.option("--debug", is_flag=True, help=f"Show tracebacks of expected errors too (or {DEBUG_ENV}=1).")
 def main(debug: bool) -> None:
     """Build a Portuguese corpus from Project Gutenberg and train a GPT-style model on it."""
 
 
-main.add_command(scrape)
-main.add_command(mirror)
-main.add_command(demo)
-main.add_command(corpus)
-main.add_command(train)
-main.add_command(generate)
-main.add_command(eval_command)
-main.add_command(compare)
-main.add_command(export_hf)
-main.add_command(export_gguf)
-main.add_command(build)
-main.add_command(run)
-main.add_command(serve)
-main.add_command(instructions)
-main.add_command(sft)
-main.add_command(chat)
-main.add_command(serve_model)
-main.add_command(classify)
+for command, summary in WORKFLOW:
+    command.short_help = summary
+    main.add_command(command)

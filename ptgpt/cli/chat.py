@@ -35,9 +35,26 @@ def _is_text(s: str) -> bool:
 
 def _sampling_options(f):
     f = click.option("--seed", type=int, default=None, help="Sampling seed (repeatable replies).")(f)
-    f = click.option("--max-new-tokens", type=click.IntRange(min=1), default=200, show_default=True)(f)
-    f = click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=None)(f)
-    f = click.option("--top-k", type=click.IntRange(min=1), default=50, show_default=True)(f)
+    f = click.option(
+        "--max-new-tokens",
+        type=click.IntRange(min=1),
+        default=200,
+        show_default=True,
+        help="Longest reply in tokens (within the model's context).",
+    )(f)
+    f = click.option(
+        "--top-p",
+        type=click.FloatRange(0, 1, min_open=True),
+        default=None,
+        help="Nucleus sampling: the smallest set of tokens with this probability (default: off).",
+    )(f)
+    f = click.option(
+        "--top-k",
+        type=click.IntRange(min=1),
+        default=50,
+        show_default=True,
+        help="Sample among the k likeliest.",
+    )(f)
     f = click.option(
         "--temperature", type=click.FloatRange(min=0), default=0.8, show_default=True, help="0: greedy."
     )(f)
@@ -50,8 +67,16 @@ def _sampling_options(f):
 
 @click.command()
 @click.option("--corpus", "corpus_dir", required=True, type=RUN_DIR, help="A built corpus folder.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the items and of which are held out."
+)
 @click.option(
     "--force", is_flag=True, help="Replace an instruction set in OUT, or write into a corpus folder."
 )
@@ -78,16 +103,19 @@ def format_report(report: dict) -> str:
     return format_heldout(report)
 
 
-def demo_chat(base: Path, run_dir: Path, max_steps: int, score_items: int = 60) -> None:
-    """The end of `ptgpt demo`: SFT on the built-in instructions, the held-out scores, one exchange."""
-    from corpus.instructions import InstructionConfig, write_instructions
-    from training.heldout import demo_exchange
+def demo_chat(base: Path, run_dir: Path, max_steps: int, score_items: int = 60) -> dict:
+    """The end of `ptgpt demo`: SFT on the built-in instructions, then the held-out scores of the base and
+    the tuned model and one sampled reply to a held-out question, with the answer that item expects.
+
+    Returns {"report": heldout_report's dict, "question", "reply", "expected", "right"}; the demo prints it."""
+    from corpus.instructions import InstructionConfig, score_reply, write_instructions
+    from training.heldout import demo_exchange, read_items
     from training.sft import sft as run_sft
 
     folder = run_dir / "instructions"
     if not (folder / "train.jsonl").is_file():
         write_instructions(_corpus_of(base), folder, InstructionConfig())
-    click.echo(f"\ninstruction tuning on {folder / 'train.jsonl'} for {max_steps} steps")
+    click.echo(f"instruction tuning (SFT) on {folder / 'train.jsonl'} for {max_steps} steps", err=True)
     config = SFTConfig(
         base=str(base),
         data=str(folder / "train.jsonl"),
@@ -99,9 +127,18 @@ def demo_chat(base: Path, run_dir: Path, max_steps: int, score_items: int = 60) 
         checkpoint_every=max_steps,
     )
     run_sft(config)
-    click.echo(format_report(heldout_report(base, run_dir, folder / "heldout.jsonl", score_items)))
+    click.echo(f"scoring up to {score_items} held-out questions with the base and the tuned model", err=True)
+    report = heldout_report(base, run_dir, folder / "heldout.jsonl", score_items)
     question, reply = demo_exchange(run_dir, folder / "heldout.jsonl")
-    click.echo(f"\nchat with {run_dir} (a held-out question):\n> {question}\n{reply.text}")
+    item = next(i for i in read_items(folder / "heldout.jsonl") if i["prompt"] == question)
+    text = " ".join(reply.text.split())
+    return {
+        "report": report,
+        "question": question,
+        "reply": text,
+        "expected": item["response"],
+        "right": bool(score_reply(item, reply.text)),
+    }
 
 
 # -----------------------------------------------------------------------------------------------

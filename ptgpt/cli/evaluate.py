@@ -4,6 +4,7 @@ side by side. torch is imported inside the command bodies, so `ptgpt --help` sta
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -181,7 +182,7 @@ def _check_json_target(path: Path) -> None:
     help="Also write the figures here.",
 )
 @click.option("--block-size", type=int, default=None, help="Tokens per bpb window [default: the run's].")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True, help="Windows per forward pass.")
 @click.option("--max-batches", type=int, default=None, help="bpb on only this many batches per split.")
 @click.option(
     "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cuda, mps or cpu."
@@ -336,17 +337,38 @@ def _run_summary(run_dir: Path) -> tuple[dict, list[tuple[int, float]]]:
     curve = [(r.get("tokens", r["step"]), r["val_bpb"]) for r in records if r.get("val_bpb") is not None]
     last = records[-1]
     evals = [r for r in records if r.get("val_bpb") is not None]
+    kind = _run_kind(run_dir)
+    if not curve and kind != "pretrain":  # an SFT run: its validation loss is on assistant tokens, no bpb
+        curve = [
+            (r.get("tokens", r["step"]), r["val_loss"]) for r in records if r.get("val_loss") is not None
+        ]
     summary = {
         "run": str(run_dir),
+        "kind": kind,
         "step": last.get("step"),
         "tokens": last.get("tokens"),
         "loss": last.get("loss"),
         "val_bpb": evals[-1]["val_bpb"] if evals else None,
         "best_val_bpb": min(r["val_bpb"] for r in evals) if evals else None,
+        "val_loss": next((r["val_loss"] for r in reversed(records) if r.get("val_loss") is not None), None),
         "lastword_acc": next((r["lastword_acc"] for r in reversed(records) if "lastword_acc" in r), None),
         "choice_acc": next((r["choice_acc"] for r in reversed(records) if "choice_acc" in r), None),
     }
     return summary, curve
+
+
+def _run_kind(run_dir: Path) -> str:
+    """The run kind in RUN/config.json: pretrain, sft or classify (none recorded: pretrain)."""
+    try:
+        return json.loads((run_dir / "config.json").read_text()).get("kind") or "pretrain"
+    except (OSError, ValueError, AttributeError):
+        return "pretrain"
+
+
+def default_plot_path(runs: tuple[Path, ...]) -> Path:
+    """compare.png next to the runs (their common parent folder), never wherever the shell happens to be."""
+    parents = [str(run.resolve().parent) for run in runs]
+    return Path(os.path.commonpath(parents)) / "compare.png"
 
 
 # (figure in a run's summary, baseline key of baseline_figures, its name, lower is better)
@@ -399,9 +421,9 @@ def run_verdict(summary: dict, baselines: dict) -> dict:
     "--plot",
     "plot_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    default=Path("compare.png"),
-    show_default=True,
-    help="PNG of validation bits per byte against tokens seen.",
+    default=None,
+    help="PNG of validation bits per byte (SFT runs: validation loss) against tokens seen "
+    "(default: compare.png in the runs' common parent folder).",
 )
 @click.option(
     "--json",
@@ -409,16 +431,19 @@ def run_verdict(summary: dict, baselines: dict) -> dict:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also write the runs' figures, their corpora's baselines and the verdicts here.",
 )
-def compare(runs: tuple[Path, ...], plot_path: Path, json_path: Path | None) -> None:
+def compare(runs: tuple[Path, ...], plot_path: Path | None, json_path: Path | None) -> None:
     """Runs side by side: a table of their last figures, each run against its corpus's baselines (n-gram,
-    overlap heuristic, most frequent word), and one plot of val bpb against tokens seen."""
+    overlap heuristic, most frequent word), and a plot of val bpb against tokens seen (SFT runs, which
+    have no bpb, in a panel of their own: validation loss on assistant tokens)."""
+    plot_path = plot_path if plot_path is not None else default_plot_path(runs)
     for run in runs:
         if not (run / "metrics.jsonl").is_file():
             raise UserError(f"{run}/metrics.jsonl not found: give run folders written by `ptgpt train`")
     if json_path is not None:
         _check_json_target(json_path)
     summaries, curves = zip(*(_run_summary(r) for r in runs), strict=True)
-    cols = ["run", "step", "tokens", "loss", "val_bpb", "best_val_bpb", "lastword_acc", "choice_acc"]
+    cols = ["run", "step", "tokens", "loss", "val_bpb", "best_val_bpb", "val_loss", "lastword_acc"]
+    cols += ["choice_acc", "kind"]
     cell = lambda v: "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))  # noqa: E731
     rows = [cols] + [[cell(s[c]) for c in cols] for s in summaries]
     widths = [max(len(r[i]) for r in rows) for i in range(len(cols))]
@@ -428,6 +453,11 @@ def compare(runs: tuple[Path, ...], plot_path: Path, json_path: Path | None) -> 
     corpora: dict[str, dict] = {}
     run_verdicts = {}
     for run, summary in zip(runs, summaries, strict=True):
+        if summary["kind"] != "pretrain":
+            click.echo(
+                f"{run}: kind {summary['kind']} (its val_loss is on its own held-out data; no baselines)"
+            )
+            continue
         corpus, figures = _run_baselines(run)
         if corpus is None or not figures:
             click.echo(f"{run}: no baselines (its corpus {corpus or '(not recorded)'} is not there)")
@@ -447,22 +477,28 @@ def compare(runs: tuple[Path, ...], plot_path: Path, json_path: Path | None) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    tuned = [s["kind"] != "pretrain" and not s["val_bpb"] for s in summaries]
+    panels = [p for p in (False, True) if p in tuned]
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
     names = [run.name for run in runs]
-    for run, curve in zip(runs, curves, strict=True):
-        if curve:
-            xs, ys = zip(*curve, strict=True)
-            label = run.name if names.count(run.name) == 1 else str(run)  # two "run" folders: full paths
-            ax.plot(xs, ys, marker="o", markersize=3, label=label)
-    for corpus, figures in corpora.items():
-        if "ngram_val_bpb" in figures:
-            label = f"{int(figures['ngram_order'])}-gram KN ({Path(corpus).name})"
-            ax.axhline(figures["ngram_val_bpb"], color="gray", linestyle="--", lw=1, label=label)
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("validation bits per byte")
-    ax.set_xscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for run, curve, is_tuned in zip(runs, curves, tuned, strict=True):
+            if curve and is_tuned == panel:
+                xs, ys = zip(*curve, strict=True)
+                label = run.name if names.count(run.name) == 1 else str(run)  # two "run" folders: full paths
+                ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        if not panel:
+            for corpus, figures in corpora.items():
+                if "ngram_val_bpb" in figures:
+                    label = f"{int(figures['ngram_order'])}-gram KN ({Path(corpus).name})"
+                    ax.axhline(figures["ngram_val_bpb"], color="gray", linestyle="--", lw=1, label=label)
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel("validation loss on assistant tokens" if panel else "validation bits per byte")
+        ax.set_title("instruction-tuned runs" if panel else "pre-training runs")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
     fig.tight_layout()
     plot_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = plot_path.with_name(f".{plot_path.name}.tmp.png")

@@ -51,8 +51,12 @@ import click
     show_default=True,
     help="Requests per second per host; 0 turns the limit off (mirrors you own).",
 )
-@click.option("--retries", type=click.IntRange(min=0), default=5, show_default=True)
-@click.option("--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True)
+@click.option(
+    "--retries", type=click.IntRange(min=0), default=5, show_default=True, help="Retries per request."
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0.1), default=30.0, show_default=True, help="Seconds per request."
+)
 @click.option("--ignore-robots", is_flag=True, help="Do not read robots.txt (only for your own mirror).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def scrape(
@@ -116,7 +120,7 @@ def scrape(
 
 
 @click.command()
-@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--port", type=int, default=8765, show_default=True, help="Port on 127.0.0.1.")
 @click.option(
     "--books",
     "books_dir",

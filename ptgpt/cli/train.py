@@ -174,7 +174,7 @@ _device_option = click.option(
     default=None,
     help="Nucleus sampling threshold in (0, 1].",
 )
-@click.option("--seed", type=int, default=1234, show_default=True)
+@click.option("--seed", type=int, default=1234, show_default=True, help="Sampling seed.")
 @click.option(
     "--tokenizer",
     "tokenizer_path",
