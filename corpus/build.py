@@ -393,7 +393,6 @@ def _build(plan: BuildPlan) -> dict:
         plan.raw_dir, plan.staging, plan.config.to_dict(), plan.config.tokenizer, summaries, selection,
         duplicate_paragraphs, shards, {**clock.info(), **plan.build_info}, mix,
     )  # fmt: skip
-    write_text_atomic(plan.staging / fmt.README_FILE, dataset_card(manifest))
     return manifest
 
 
@@ -462,6 +461,7 @@ def build_corpus(
         manifest = _build(plan)
         if source is not None:
             manifest["source"]["source"] = source
+        write_text_atomic(staging / fmt.README_FILE, dataset_card(manifest))  # it names the source
         fmt.write_manifest(staging, manifest)  # last: the staged corpus is complete
         swap_in(staging, out_dir)
     except OSError as e:

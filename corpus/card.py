@@ -2,17 +2,70 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 from corpus.split import SPLITS
+
+GUTENBERG_HOSTS = ("gutenberg.org", "gutenberg.pglaf.org", "aleph.gutenberg.org")
+
+
+def from_gutenberg(manifest: dict) -> bool:
+    """True only when the books were downloaded from gutenberg.org (or a PGLAF mirror), as recorded."""
+    source = (manifest.get("source") or {}).get("source") or ""
+    host = urlparse(source).hostname or ""
+    return any(host == h or host.endswith("." + h) for h in GUTENBERG_HOSTS)
+
+
+def size_category(rows: int) -> str:
+    """The Hugging Face Hub's size bucket for a number of rows."""
+    for limit, name in (
+        (10**3, "n<1K"),
+        (10**4, "1K<n<10K"),
+        (10**5, "10K<n<100K"),
+        (10**6, "100K<n<1M"),
+        (10**7, "1M<n<10M"),
+        (10**8, "10M<n<100M"),
+    ):
+        if rows < limit:
+            return name
+    return "n>100M"
+
+
+def provenance(manifest: dict) -> list[str]:
+    """Where the text came from, as the build recorded it: never a claim the manifest cannot back."""
+    recorded = manifest.get("source") or {}
+    if from_gutenberg(manifest):
+        return [
+            f"Portuguese books downloaded from Project Gutenberg ({recorded['source']}). The texts are",
+            "Project Gutenberg eBooks, public domain in the USA; check the laws of your country before",
+            "using them. Project Gutenberg is a trademark of the Project Gutenberg Literary Archive",
+            "Foundation; this derived dataset is not endorsed by it.",
+        ]
+    where = recorded.get("source") or recorded.get("raw_dir") or "a local folder"
+    return [
+        f"Books read from {where}, not downloaded from gutenberg.org by this build, so this card makes no",
+        "claim about their licence: check it for each book. (The mirror of `ptgpt demo` and the tests",
+        "serves the project's own generated sample books, templated Portuguese-like prose, not literature.)",
+    ]
 
 
 def dataset_card(manifest: dict) -> str:
     """README.md: a Hugging Face dataset card (YAML header so `load_dataset(OUT)` finds the splits)."""
     splits = manifest["splits"]
     tok = manifest["tokenizer"]
+    rows = sum(splits[split]["rows"] for split in SPLITS)
     lines = [
         "---",
         "language:",
         "- pt",
+        f"license: {'other' if from_gutenberg(manifest) else 'unknown'}",
+        *(["license_name: public-domain-us"] if from_gutenberg(manifest) else []),
+        "task_categories:",
+        "- text-generation",
+        "size_categories:",
+        f"- {size_category(rows)}",
+        "source_datasets:",
+        "- original",
         "pretty_name: ptgpt Portuguese Gutenberg corpus",
         "configs:",
         "- config_name: default",
@@ -23,16 +76,14 @@ def dataset_card(manifest: dict) -> str:
             lines += [f"  - split: {split}", f"    path: {split}/*.parquet"]
     lines += ["---", "", "# ptgpt Portuguese Gutenberg corpus", ""]
     lines += [
-        "Portuguese books from Project Gutenberg, cleaned (Gutenberg header, footer and license removed;",
+        "Portuguese books, cleaned (Gutenberg header, footer and license removed;",
         "text NFC; verse line breaks kept), deduplicated (near-duplicate editions and exact duplicate",
         "paragraphs) and split train/validation/test by whole book. One row per paragraph, with its",
         f"SentencePiece token ids (`{tok['file']}`, {tok['config']['model_type'].upper()}, vocabulary "
         f"{tok['vocab_size']}, byte fallback; ids unk {tok['unk_id']}, bos {tok['bos_id']}, "
         f"eos {tok['eos_id']}, pad {tok['pad_id']}).",
         "",
-        "The texts are Project Gutenberg eBooks, public domain in the USA; check the laws of your",
-        "country before using them. Project Gutenberg is a trademark of the Project Gutenberg",
-        "Literary Archive Foundation; this derived dataset is not endorsed by it.",
+        *provenance(manifest),
         "",
         "## Statistics",
         "",
@@ -50,7 +101,21 @@ def dataset_card(manifest: dict) -> str:
     if "sources" in manifest:
         lines += sources_card(manifest)
     lines += _columns()
+    lines += LIMITATIONS
     return "\n".join(lines)
+
+
+LIMITATIONS = [
+    "",
+    "## Limitations",
+    "",
+    "- Spelling of the period: most Portuguese Gutenberg books predate the 1911 and 1945/1990 reforms",
+    '  ("pharmacia", "estylo", "hontem"), so a model learns old orthography beside the modern one.',
+    "- European and Brazilian Portuguese are mixed and not labelled.",
+    "- The collection is skewed towards a few prolific 19th-century authors.",
+    "- Cleaning is heuristic (language identification, Gutenberg markers, paragraph filters): some front",
+    "  matter, tables or foreign passages remain and some prose is dropped (the drop counts above).",
+]
 
 
 def _drops_and_config(manifest: dict) -> list[str]:

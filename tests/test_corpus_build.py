@@ -310,3 +310,22 @@ def test_real_books_end_to_end(shared_books, tmp_path) -> None:
     assert max(len(t.encode()) for t in texts) > 16384
     decoded = sp.decode(sp.encode(texts))
     assert decoded == texts  # verse, indentation, º/ª and long paragraphs all survive
+
+
+def test_dataset_card_says_where_the_text_came_from(built) -> None:
+    """A corpus of a local raw store claims no licence; one downloaded from gutenberg.org says public
+    domain in the USA. Both carry the Hub's card fields and the limitations."""
+    import yaml
+
+    from corpus.card import dataset_card
+
+    out = built[0] if isinstance(built, tuple) else built
+    local = (out / "README.md").read_text()
+    front = yaml.safe_load(local.split("---")[1])
+    assert front["license"] == "unknown" and "public domain" not in local
+    assert front["task_categories"] == ["text-generation"] and front["size_categories"][0].startswith("n<")
+    assert "## Limitations" in local
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["source"]["source"] = "https://www.gutenberg.org"
+    downloaded = dataset_card(manifest)
+    assert "license: other" in downloaded and "public domain in the USA" in downloaded
