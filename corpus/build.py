@@ -97,6 +97,14 @@ class CorpusConfig:
 # Before any work: inputs that cannot give a corpus, an OUT that must not be touched, a disk too small
 
 
+def check_vocab_size(vocab: int) -> None:
+    if vocab < MIN_VOCAB_SIZE:
+        raise UserError(
+            f"--vocab-size {vocab} is too small: byte fallback alone takes 256 ids and the special "
+            f"ids 4 more; use at least {MIN_VOCAB_SIZE} (8000 to 32000 for a real corpus)"
+        )
+
+
 def check_build_inputs(
     raw_dir: str | Path,
     out_dir: str | Path,
@@ -122,12 +130,7 @@ def check_build_inputs(
             f"--out {out_dir} is not empty and is not a ptgpt corpus: choose an empty folder, "
             "or pass --force to build there (files that are not part of a corpus are kept)"
         )
-    vocab = config.tokenizer.vocab_size
-    if vocab < MIN_VOCAB_SIZE:
-        raise UserError(
-            f"--vocab-size {vocab} is too small: byte fallback alone takes 256 ids and the special "
-            f"ids 4 more; use at least {MIN_VOCAB_SIZE} (8000 to 32000 for a real corpus)"
-        )
+    check_vocab_size(config.tokenizer.vocab_size)
     if raw_books is None:
         return
     if not raw_books:

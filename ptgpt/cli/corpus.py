@@ -13,12 +13,21 @@ from corpus.sources import MAX_WEIGHT
 from corpus.tokenizer import TokenizerConfig  # sentencepiece only: the defaults, defined once
 
 
+def _check_vocab_size(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """Refuse a vocabulary no build can make while the command line is read, before any download."""
+    from corpus.build import check_vocab_size
+
+    check_vocab_size(value)  # a UserError: one `Error:` line, as the build itself would give
+    return value
+
+
 def text_options(f):
     """What text goes in and how it is tokenized: shared by `corpus build`, `fetch-and-build` and `run`."""
     options = [
         click.option(
             "--vocab-size",
-            type=click.IntRange(min=8),
+            type=int,
+            callback=_check_vocab_size,
             default=TokenizerConfig.vocab_size,
             show_default=True,
             help="SentencePiece vocabulary (8000 suits the Gutenberg books alone).",
@@ -137,10 +146,10 @@ def build(
 
 
 @corpus.command()
-@click.argument("out_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out_dir", metavar="CORPUS", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--verify", is_flag=True, help="Also check every shard's and the tokenizer's sha256.")
 def stats(out_dir: Path, verify: bool) -> None:
-    """Print the statistics of a finished corpus in OUT_DIR."""
+    """Print the statistics of a finished corpus (the folder `corpus build` wrote)."""
     from common.files import sha256_file
     from corpus.build import load_manifest
 
