@@ -12,7 +12,9 @@ and `lm_eval --model hf --model_args pretrained=EXPORT --include_path DIR --task
 The scoring is ptgpt's, not lm_eval's built-in metrics, so an export scores what `ptgpt eval` gives:
 - choice: each candidate is the continuation " " + sentence (target_delimiter ""), so lm_eval asks
   for the very tokens ptgpt scores, and the pick is the highest log-likelihood per UTF-8 byte of that
-  continuation (lm_eval's acc_norm divides by characters without the space, which picks differently);
+  continuation (lm_eval's acc_norm divides by characters without the space, which picks differently):
+  `ptgpt eval`'s `choice_acc_per_byte`. Its headline `choice_acc` (PMI against an unconditional start)
+  needs a second, unconditional request per candidate and is not written as an lm_eval task yet;
 - lastword: greedy generation; the first word of the generated text (letters and inner hyphens, after
   NFC) must equal the target word, exactly as training/eval_tasks.py compares.
 Neither adds BOS (lm_eval's hf model does not by default, and `ptgpt eval` scores without it).
