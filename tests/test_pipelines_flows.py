@@ -184,14 +184,17 @@ def test_build_corpus_completes(reference) -> None:
 def test_build_artifacts_readable_by_key(reference) -> None:
     from pipelines import artifacts
 
-    _, state, result = reference
+    p, state, result = reference
     found = flow_run_artifacts(state.state_details.flow_run_id)
     assert "| train |" in found[artifacts.CORPUS_SUMMARY_KEY].data
     assert "fertility" in found[artifacts.CORPUS_SUMMARY_KEY].data
     drops = json.loads(found[artifacts.DROPS_KEY].data)
     kept_rows = next(r["count"] for r in drops if r["unit"] == "paragraph" and r["reason"] == "kept")
     assert kept_rows == sum(s["rows"] for s in result["splits"].values())
-    assert any(r["reason"] == "too_short" for r in drops)
+    recorded = load_manifest(p["out"])["drops"]  # every drop the build counted is in the artifact
+    for unit in ("book", "paragraph"):
+        shown = {r["reason"]: r["count"] for r in drops if r["unit"] == unit and r["reason"] != "kept"}
+        assert shown == recorded[unit + "s"] and shown
     books = json.loads(found[artifacts.BOOKS_KEY].data)
     assert {r["book_id"]: r["outcome"] for r in books}[MISSING_ID] == "failed"
     assert sum(r["outcome"] == "downloaded" for r in books) == len(books) - 1
