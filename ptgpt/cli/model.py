@@ -31,9 +31,13 @@ def _source(run_dir: Path | None, checkpoint_dir: Path | None, out: Path, tokeni
         )
     try:
         checkpoint = checkpoint_of(run_dir, checkpoint_dir)
-        tokenizer = tokenizer or find_tokenizer(checkpoint)  # the run's copy first: a moved corpus is fine
     except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
+    if tokenizer is None:
+        try:
+            tokenizer = find_tokenizer(checkpoint)  # the run's copy first: a moved corpus is fine
+        except UserError as e:
+            raise click.UsageError(f"{e}; or pass --tokenizer") from None
     if not Path(tokenizer).is_file():
         raise UserError(f"tokenizer model not found: {tokenizer} (pass --tokenizer)")
     return checkpoint, Path(tokenizer)
