@@ -116,7 +116,7 @@ def checkpoint_of(run_dir, checkpoint_dir):
     from training.runs import find_checkpoint
 
     if (run_dir is None) == (checkpoint_dir is None):
-        raise UserError("give exactly one of --run or --checkpoint")
+        raise click.UsageError("give exactly one of --run or --checkpoint")
     if checkpoint_dir is not None:
         return find_checkpoint(checkpoint_dir)
     if (Path(run_dir) / "checkpoints").is_dir() or not (Path(run_dir) / "config.json").is_file():
