@@ -111,8 +111,7 @@ def checkpoint_of(run_dir, checkpoint_dir):
     """--run (its newest valid checkpoint) or --checkpoint: the one way every command names a model."""
     from pathlib import Path
 
-    from common.errors import UserError
-    from training.checkpoint import newest_valid_checkpoint
+    from training.checkpoint import CheckpointNotFound, newest_valid_checkpoint
     from training.runs import find_checkpoint
 
     if (run_dir is None) == (checkpoint_dir is None):
@@ -122,6 +121,8 @@ def checkpoint_of(run_dir, checkpoint_dir):
     if (Path(run_dir) / "checkpoints").is_dir() or not (Path(run_dir) / "config.json").is_file():
         try:
             return newest_valid_checkpoint(run_dir)  # says where it looked and what to do
+        except CheckpointNotFound:
+            raise
         except FileNotFoundError as e:
-            raise UserError(str(e)) from None
+            raise CheckpointNotFound(str(e)) from None
     return find_checkpoint(run_dir)  # a checkpoint folder given as --run
