@@ -9,7 +9,7 @@ Policy (the same for every book, so the tokenizer sees one convention):
   `--`, so `--` becomes `—`, as do the horizontal bar ― and an en dash opening a line of dialogue.
   Single hyphens, en dashes in ranges (1850–1860) and rules of 3+ hyphens are left alone:
   `disse-lhe`, `guarda-chuva` are words.
-- `_italics_` underscores are removed (the words stay).
+- `_italics_` underscores and `+bold+` pluses are removed (the words stay).
 - Hard-wrapped prose is unwrapped to one line per paragraph. A block is prose when most of its line
   breaks were forced, i.e. the next line's first word would not have fit on the line (the greedy
   wrapping the transcriber's editor did; a few columns of slack absorb later edits). Verse and lists
@@ -42,6 +42,9 @@ _REPLACEMENTS = (
 _HYPHEN_RUN_RE = re.compile(r"--+")  # literal first: scanning is fast; runs of 3+ are rules, left alone
 _DIALOGUE_EN_DASH_RE = re.compile(r"^([ \t]*)–", re.MULTILINE)
 _ITALICS_RE = re.compile(r"_(?<![\w_]_)([^_\s](?:(?:[^_\n]|\n(?!\n)){0,400}?[^_\s])?)_(?![\w_])")
+# Gutenberg's plain-text bold: "+ATENÇÃO+", "chamar-se +Ortografia Portuguesa+." (also inside italics,
+# "_+menus+_"). The text must open with a letter, so "+---+" corners and "+ 3 47" signs are not bold.
+_BOLD_RE = re.compile(r"(?<![^\s(\[«\"'_—])\+([^\W\d_](?:(?:[^+|\n]|\n(?!\n)){0,400}?[^\s+|])?)\+(?![\w+])")
 _SPACE_RUN_RE = re.compile(r" +")
 _HYPHEN_BREAK_RE = re.compile(r"(?<=[^\W\d_])([-—])\n")  # letter + hyphen/dash at a line end: join tight
 _BLOCK_SPLIT_RE = re.compile(r"\n[ \t]*(?:\n[ \t]*)+")
@@ -160,6 +163,8 @@ def normalize_text(body: str, config: UnwrapConfig | None = None) -> str:
         text = _DIALOGUE_EN_DASH_RE.sub(r"\1—", text)
     if "_" in text:
         text = _ITALICS_RE.sub(_first_group, text)
+    if "+" in text:
+        text = _BOLD_RE.sub(_first_group, text)
     return text
 
 

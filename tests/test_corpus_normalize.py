@@ -89,6 +89,18 @@ def test_nfc_and_italics():
     assert unicodedata.is_normalized("NFC", out)
 
 
+def test_bold_pluses_are_removed_like_italics_underscores():
+    """Gutenberg's plain-text bold ("+ATENÇÃO+") made headings fail the symbol rule and put "+" in prose."""
+    text = "+ATENÇÃO+\n\nchamar-se +Ortografia Portuguesa+. Dos seus _+menus+_ (+I PARTE+).\n\n+O DOIDO\nE A MORTE+"
+    assert split_paragraphs(normalize_text(text)) == [
+        "ATENÇÃO",
+        "chamar-se Ortografia Portuguesa. Dos seus menus (I PARTE).",
+        "O DOIDO\nE A MORTE",
+    ]
+    for not_bold in ("2 +3+ 4", "a+b+c", "+ 3 47 18 +", "+----+----+", "P^{5}+A^{3}+"):
+        assert normalize_text(not_bold) == not_bold
+
+
 def test_split_paragraphs_indices_are_positions():
     text = normalize_text("Um.\n\n\n\n   \n\nDois.\n\nTrês.")
     assert split_paragraphs(text) == ["Um.", "Dois.", "Três."]
