@@ -5,8 +5,9 @@ labels "ANTÓNIO.", "D. BRANCA —", scene headings, the lines of a title page, 
 paragraph that follows, with line breaks: a play keeps its labels with their speeches and a title page
 stays whole, instead of each line being dropped alone. On the 485 shared books (bench/bench_keep.py) the
 books under 0.95 of their Portuguese letters kept went from 17 (plays at 0.885-0.915, title pages) to
-the 2 whose losses are ASCII tables; `too_short` drops went from 36,862 paragraphs to 4,696, nearly all
-"* * *" separators and bare page numbers.
+the 2 whose losses were ASCII tables, and to none once tables were judged as tables (below; lowest
+book 0.968); `too_short` drops went from 36,862 paragraphs to 4,696, nearly all "* * *" separators and
+bare page numbers.
 
 Reason codes (checked in this order, the first that applies is counted):
   too_short       fewer than `min_chars` characters and not a sentence, and nothing to join: a lone
