@@ -79,8 +79,11 @@ GUTENBERG_MENTION_RE = re.compile(
     r"|produced from (?:scanned )?images|www\.gutenberg|Biblioteca Nacional Digital|\bbnd\.bn\.pt",
     re.IGNORECASE,
 )
+# "Lista de erros corrigidos" heads the transcriber's table of the misprints they corrected ("#pág. 53 |
+# pefil | perfil") at the end of many Portuguese e-texts: the misspellings are not the author's text.
 TRANSCRIBER_NOTE_RE = re.compile(
-    r"^[\s\[*_]*(?:Notas? do transcritor|Notas? de transcrição|Transcriber'?s? notes?|Nota do digitalizador)\b",
+    r"^[\s\[*_]*(?:Notas? do transcritor|Notas? de transcrição|Transcriber'?s? notes?|Nota do digitalizador"
+    r"|Lista de erros corrigidos)\b",
     re.IGNORECASE,
 )
 _NOTE_CONTENT_RE = re.compile(

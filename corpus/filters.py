@@ -5,18 +5,24 @@ labels "ANTÓNIO.", "D. BRANCA —", scene headings, the lines of a title page, 
 paragraph that follows, with line breaks: a play keeps its labels with their speeches and a title page
 stays whole, instead of each line being dropped alone. On the 485 shared books (bench/bench_keep.py) the
 books under 0.95 of their Portuguese letters kept went from 17 (plays at 0.885-0.915, title pages) to
-the 2 whose losses are ASCII tables; `too_short` drops went from 36,862 paragraphs to 4,696, nearly all
-"* * *" separators and bare page numbers.
+the 2 whose losses were ASCII tables, and to none once tables were judged as tables (below; lowest
+book 0.968); `too_short` drops went from 36,862 paragraphs to 4,696, nearly all "* * *" separators and
+bare page numbers.
 
 Reason codes (checked in this order, the first that applies is counted):
   too_short       fewer than `min_chars` characters and not a sentence, and nothing to join: a lone
                   heading at the end, prices, stray marks ("* * *"). Short sentences ("Ninguem.",
                   "—Sim.") are the text of dialogue and are kept down to `min_sentence_chars`.
+  symbols, digits a table (rows of cells joined by " | ", as corpus/normalize.py writes ASCII tables) is
+                  judged on its own terms, instead of by the rules below: `symbols` when its cells
+                  hold too many symbols (the bars aside), `digits` when fewer than
+                  `table_min_word_rows` of its rows hold a word (figures with no row labels). A
+                  table with labelled rows ("Aveiro | 65.638 | 254.715") is kept, figures and all.
   toc_index       table-of-contents or index lines ("Capitulo I ..... 5", "Abrantes, 12, 45")
   symbols         too many characters that are neither letters, digits, spaces nor common punctuation
-                  (tables drawn with | and +, separator lines "* * *", formulas), or mostly
-                  dots/spaces/hyphens (dotted leader lines)
-  digits          too many digits (tables of figures, accounts, dates lists)
+                  (separator lines "* * *", formulas, tables drawn in a way normalize did not
+                  recognize), or mostly dots/spaces/hyphens (dotted leader lines)
+  digits          too many digits (accounts, dates lists, figures outside a table)
   repeated        a short non-sentence paragraph seen `repeat_min_count` times in the book (running
                   heads, repeated titles); the first occurrence is kept. Repeated dialogue ("—Não.") stays.
   not_portuguese  paragraph-level language id is confident the paragraph is another language
@@ -86,6 +92,8 @@ _SENTENCE_END = frozenset(".!?…:;")
 _CLOSERS = "»\"') "  # closing quotes/brackets after the final punctuation
 _DOT_ROW_RE = re.compile(r"[.…\s*]*(?:\. \.|\.\.\.\.)[.…\s*]*")
 _DOT_LEADER_RE = re.compile(r"\.{4,}|…{2,}|(?:\. ){3,}")
+CELL_BAR = " | "  # what corpus/normalize.py joins a table's cells with
+_WORD_RE = re.compile(r"[^\W\d_]{2,}")
 
 
 @dataclass
@@ -100,6 +108,7 @@ class FilterConfig:
     max_filler_ratio: float = 0.5  # (dots, spaces, hyphens, underscores) / characters: prose ~0.2, "...." 1
     ratio_head_chars: int = 200  # the three ratios are measured on this many leading characters
     toc_min_line_fraction: float = 0.6  # share of a paragraph's lines that must look like contents lines
+    table_min_word_rows: float = 0.5  # share of a table's rows that must hold a word (a row label)
     repeat_min_count: int = 3  # running heads repeat many times; verse refrains twice or so
     repeat_max_chars: int = 100  # only short paragraphs are candidates for "repeated"
     # Language id
@@ -320,12 +329,41 @@ def toc_like(paragraph: str, min_line_fraction: float = 0.6) -> bool:
     return hits >= min_line_fraction * len(lines)
 
 
+def is_table(paragraph: str) -> bool:
+    """A table as corpus/normalize.py writes one: two or more rows of cells joined by `CELL_BAR`, at least
+    half of the lines (the others are header cells or labels alone on their line), and no line opening
+    or closing on a bar. A bar at a line's edge is an empty cell, which normalize drops: such a
+    paragraph is text set in two columns ("O Reino de Portugal e o | Observaçoens (de Brant"), whose
+    lines interleave two texts, or a table normalize did not recognize; both stay with the rules below."""
+    if "\n" not in paragraph or CELL_BAR not in paragraph:
+        return False
+    lines = paragraph.split("\n")
+    rows = sum(CELL_BAR in ln for ln in lines)
+    return rows >= 2 and 2 * rows >= len(lines) and not any(ln[:1] == "|" or ln[-1:] == "|" for ln in lines)
+
+
+def table_reason(paragraph: str, config: FilterConfig) -> str | None:
+    """Why a table is dropped, or None. Its bars are structure, not symbols, and figures are what tables
+    hold, so the digit and contents-line tests (rows ending in numbers) would drop every statistical
+    table; what tells text from a grid of figures is whether its rows are labelled with words."""
+    head = paragraph[: config.ratio_head_chars].replace(CELL_BAR, " ")
+    symbols = sum(1 for c in _SYMBOL_OR_DIGIT_RE.findall(head) if not c.isdigit())
+    if symbols > config.max_symbol_ratio * len(head):
+        return "symbols"
+    rows = paragraph.split("\n")
+    if sum(1 for row in rows if _WORD_RE.search(row)) < config.table_min_word_rows * len(rows):
+        return "digits"
+    return None
+
+
 def drop_reason(paragraph: str, config: FilterConfig, plain_head: str | None = None) -> str | None:
     """The reason code of the first content rule `paragraph` fails (language and repeats aside), or None.
     `plain_head` is the plain view of the paragraph's head (`prepare_heads`), when the caller has it."""
     n = len(paragraph)
     if n < config.min_chars and not (n >= config.min_sentence_chars and is_sentence(paragraph)):
         return "too_short"
+    if is_table(paragraph):
+        return table_reason(paragraph, config)
     if toc_like(paragraph, config.toc_min_line_fraction):  # before the ratios: dotted leaders are "filler"
         return "toc_index"
     # Character ratios are measured on a bounded head: tables and dotted lines are uniform, and scanning

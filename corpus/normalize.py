@@ -9,7 +9,12 @@ Policy (the same for every book, so the tokenizer sees one convention):
   `--`, so `--` becomes `—`, as do the horizontal bar ― and an en dash opening a line of dialogue.
   Single hyphens, en dashes in ranges (1850–1860) and rules of 3+ hyphens are left alone:
   `disse-lhe`, `guarda-chuva` are words.
-- `_italics_` underscores are removed (the words stay).
+- `_italics_` underscores and `+bold+` pluses are removed (the words stay).
+- ASCII tables (a block of ruled lines `+----+----+` / `|----|` and rows with `|` column bars) become
+  one line per row with the cells' text joined by " | ": ruled lines and empty cells go, and so do the
+  alignment spaces, which `_collapse_spaces` would otherwise leave as meaningless bars and dashes. The
+  rows are never unwrapped (they are as wide as the page, which the prose test would take for forced
+  breaks). `{` braces grouping rows inside a table count as column bars.
 - Hard-wrapped prose is unwrapped to one line per paragraph. A block is prose when most of its line
   breaks were forced, i.e. the next line's first word would not have fit on the line (the greedy
   wrapping the transcriber's editor did; a few columns of slack absorb later edits). Verse and lists
@@ -42,6 +47,15 @@ _REPLACEMENTS = (
 _HYPHEN_RUN_RE = re.compile(r"--+")  # literal first: scanning is fast; runs of 3+ are rules, left alone
 _DIALOGUE_EN_DASH_RE = re.compile(r"^([ \t]*)–", re.MULTILINE)
 _ITALICS_RE = re.compile(r"_(?<![\w_]_)([^_\s](?:(?:[^_\n]|\n(?!\n)){0,400}?[^_\s])?)_(?![\w_])")
+# Gutenberg's plain-text bold: "+ATENÇÃO+", "chamar-se +Ortografia Portuguesa+." (also inside italics,
+# "_+menus+_"). The text must open with a letter, so "+---+" corners and "+ 3 47" signs are not bold.
+_BOLD_RE = re.compile(r"(?<![^\s(\[«\"'_—])\+([^\W\d_](?:(?:[^+|\n]|\n(?!\n)){0,400}?[^\s+|])?)\+(?![\w+])")
+# A table's ruled line ("+-----+----+", "|=====|", "-----+-----"), and a rule segment inside a row.
+_RULE_LINE_RE = re.compile(r"[ +|:=-]*(?:---|===)[ +|:=-]*")
+_RULE_SEGMENT_RE = re.compile(r"[+=-]*(?:---|===)[+=-]*")
+# A column bar: "|" not between two letters (there it divides syllables: "pa|la|vra").
+_COLUMN_BAR_RE = re.compile(r"(?<![^\W\d_])\||\|(?![^\W\d_])")
+_BRACE_RE = re.compile(r"(?<!\^)\{")  # a brace grouping rows; "^{2}" is a superscript
 _SPACE_RUN_RE = re.compile(r" +")
 _HYPHEN_BREAK_RE = re.compile(r"(?<=[^\W\d_])([-—])\n")  # letter + hyphen/dash at a line end: join tight
 _BLOCK_SPLIT_RE = re.compile(r"\n[ \t]*(?:\n[ \t]*)+")
@@ -142,7 +156,9 @@ def normalize_text(body: str, config: UnwrapConfig | None = None) -> str:
                 paragraphs.append(para)
             continue
         lines = block.strip("\n").split("\n")  # no blank line inside: blank lines are the block separators
-        if len(lines) == 1 or is_prose_block(lines, width, config.min_forced_fraction, slack):
+        if ("|" in block or "{" in block) and is_table_block(lines):
+            para = table_text(lines)
+        elif len(lines) == 1 or is_prose_block(lines, width, config.min_forced_fraction, slack):
             para = join_prose_lines(lines)
         else:
             para = "\n".join(map(str.strip, lines))
@@ -160,7 +176,41 @@ def normalize_text(body: str, config: UnwrapConfig | None = None) -> str:
         text = _DIALOGUE_EN_DASH_RE.sub(r"\1—", text)
     if "_" in text:
         text = _ITALICS_RE.sub(_first_group, text)
+    if "+" in text:
+        text = _BOLD_RE.sub(_first_group, text)
     return text
+
+
+def _is_rule_line(line: str) -> bool:
+    return bool(_RULE_LINE_RE.fullmatch(line.strip()))
+
+
+def is_table_block(lines: list[str]) -> bool:
+    """An ASCII table: ruled lines and rows with column bars make at least half of the block's lines,
+    with at least two rows with bars (a lone rule under a heading is not a table) and at least one
+    ruled line or `{` brace, as tables have; a reading primer's "pa|la|vra" has no column bar."""
+    rules = rows = braces = 0
+    for line in lines:
+        if _is_rule_line(line):
+            rules += 1
+        elif _COLUMN_BAR_RE.search(line):
+            rows += 1
+        elif "{" in line and _BRACE_RE.search(line):
+            braces += 1
+    return rows >= 2 and bool(rules or braces) and 2 * (rules + rows + braces) >= len(lines)
+
+
+def table_text(lines: list[str]) -> str:
+    """The rows of an ASCII table, one a line, cells joined by " | "; ruled lines and empty cells go."""
+    rows = []
+    for line in lines:
+        if _is_rule_line(line):
+            continue
+        line = _RULE_SEGMENT_RE.sub("|", _BRACE_RE.sub("|", line))
+        cells = [c for c in map(str.strip, line.split("|")) if c]
+        if cells:
+            rows.append(" | ".join(cells))
+    return "\n".join(rows)
 
 
 def _is_nfc(text: str) -> bool:

@@ -152,6 +152,36 @@ def test_credits_html_note_and_transcriber_notes_removed():
     assert s.removed_blocks >= 5
 
 
+def test_list_of_corrected_misprints_is_a_transcribers_note():
+    """PGDP Portugal's "Lista de erros corrigidos": a heading, a sentence and a table of the misprints
+    the transcriber fixed; the misspelt words ("pefil") must not reach the corpus."""
+    errata = (
+        "  +---------+--------------------+--------------------+\n"
+        "  |         |      Original      |      Correcção     |\n"
+        "  +---------+--------------------+--------------------+\n"
+        "  |#pág.  53| pefil              | perfil             |\n"
+        "  |#pág.  56| Fredrico           | Frederico          |\n"
+        "  +---------+--------------------+--------------------+"
+    )
+    body = "\n\n".join(
+        [
+            PROSE,
+            "Lista de erros corrigidos",
+            "Aqui encontram-se listados todos os erros encontrados e corrigidos:",
+            errata,
+        ]
+    )
+    s = strip_gutenberg_boilerplate(
+        book(
+            "*** START OF THE PROJECT GUTENBERG EBOOK X ***",
+            body,
+            "*** END OF THE PROJECT GUTENBERG EBOOK X ***",
+        )
+    )
+    assert split_paragraphs(normalize_text(s.body)) == [PROSE.strip()]
+    assert s.removed_blocks >= 3
+
+
 def test_placeholders_and_page_markers():
     lines = textwrap.wrap(PROSE, 70)
     wrapped = "\n".join(lines[:3] + ["[Pag. 19.]"] + lines[3:])  # a page break inside a wrapped paragraph

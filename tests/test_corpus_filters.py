@@ -11,6 +11,7 @@ from corpus.filters import (
     drop_reason,
     filter_paragraphs,
     is_sentence,
+    is_table,
     prepare_heads,
     quick_is_portuguese,
     toc_like,
@@ -25,6 +26,10 @@ EN = (
     "Manaos and Pará, and the greater part of the produce is shipped to Liverpool and New York."
 )
 FR = "Le doux Printemps revient, et ranime à la fois les oiseaux, les zéphirs, et les fleurs, et ma voix."
+LABELLED_TABLE = (
+    "Concelhos | Freguezias | Fogos | Almas\nAgueda | 18 | 4:656 | 17:330\nAnadia | 12 | 3:914 | 13:475\n"
+    "Aveiro | 9 | 4:707 | 17:988\nSomma | 39 | 13:277 | 48:793"
+)
 OLD_PT_GL = (
     "E disse el-rei que nom queria mais guerra com Castella, e que os fidalgos se tornassem pera suas "
     "terras, e assi foi feito como elle mandava."
@@ -44,10 +49,23 @@ OLD_PT_GL = (
         ("Capitulo I ....................... 5\nCapitulo II ...................... 17", "toc_index"),
         ("Abrantes, 12, 45, 78.\nAlcobaça, 3, 19.\nAveiro, 88.", "toc_index"),
         (PT, None),
+        ("§§§ ### @@@ ~~~ ^^^ ¤¤¤ *** ### §§§ @@@", "symbols"),  # a line of junk
+        (LABELLED_TABLE, None),  # rows labelled with words: text, figures and all
+        ("Idades | Pêso\n10 | 26\n11 | 33\n12 | 34\n13 | 38,5", "digits"),  # a grid of figures
+        ("Sinal | Valor\n@@ | ##\n¤¤ | ©©\n~~ | ^^\n<< | >>", "symbols"),  # a table of junk
     ],
 )
 def test_drop_reasons(paragraph, reason):
     assert drop_reason(paragraph, FilterConfig()) == reason
+
+
+def test_tables_are_normalized_tables_only():
+    assert is_table(LABELLED_TABLE)
+    assert not is_table("Concelhos | Fogos | Almas")  # one row
+    assert not is_table("Agueda | 4:656\nAnadia | 3:914\nAveiro\nFeira\nOvar")  # mostly not rows
+    # two columns of text: bars at the edges (empty cells), lines interleaving two texts
+    two_columns = "O Reino de Portugal e o | Observaçoens (de Brant\nImperio do Brazil com os | e Gameiro).\n"
+    assert not is_table(two_columns + "limites, que tinhão em Abril |\n|")
 
 
 def test_sentence_and_toc_helpers():
@@ -119,6 +137,7 @@ def test_fast_path_gives_the_same_reasons_as_the_regex_path():
     paragraphs += [
         "Capitulo I ....... 5",
         "| a | b | c | d | e | f | g |",
+        LABELLED_TABLE,
         "Olá, «amigo» d'elle (disse) — já!",
     ]
     gate, plain = prepare_heads([p[: cfg.ratio_head_chars] for p in paragraphs])

@@ -6,6 +6,7 @@ import pytest
 
 from corpus.doc_filters import DocFilterConfig, DocumentRejected, clean_document, is_bullet_line
 from corpus.filters import FilterConfig, filter_paragraphs, group_short_paragraphs
+from corpus.normalize import normalize_text, split_paragraphs
 
 DIALOGUE = [
     "Sim, senhor, respondeu o velho, sem levantar os olhos da rede que remendava.",
@@ -150,6 +151,7 @@ def test_stanza_with_rows_of_omission_dots_and_a_primer_with_syllable_bars_are_k
     stanza = ". . . . . . . . . . . . . . . . . . . .\nNa lucta, sim! Na lucta! Ella ha-de ser perigosa,\n"
     stanza += "Tem força o estrangeiro e nós desamparados,\n. . . . . . . . . . . . . . . . . . . ."
     primer = "—Pa|ra a ti|a Car|lo|ta ver a gra|vu|ra do ca|ça|dor."
+    # bars at the edges: a table as drawn, not as normalize writes it (test below), judged by the old rules
     table = "| Concelhos | Fogos | Almas |\n| Braga | 12 | 40 |\n| Porto | 30 | 95 |\n| Viseu | 8 | 27 |"
     result = filter_paragraphs([stanza, primer, table])
     assert result.kept == [
@@ -157,3 +159,49 @@ def test_stanza_with_rows_of_omission_dots_and_a_primer_with_syllable_bars_are_k
         primer,
     ]
     assert result.drops["symbols"] + result.drops["digits"] == 1  # the table still goes
+
+
+def test_ascii_table_and_bold_heading_of_a_book_are_kept_and_a_junk_line_is_not():
+    """Issue 22: books 31656 and 39086 lost their tables (rows of place names and figures, a table of
+    the ages of childhood) to the symbol rule, and "+bold+" headings went the same way."""
+    body = """+MAPPA DOS CONCELHOS+
+
++------------------+------------+--------+---------------+
+|                  |            |        |  Rendimento   |
+|    Concelhos     | Freguezias | Fogos  |  collectavel  |
++------------------+------------+--------+---------------+
+|Agueda            |     18     |  4:656 |   44:621$949  |
+|Albergaria a Velha|      8     |  3:224 |   22:014$110  |
+|Anadia            |     12     |  3:914 |   69:262$325  |
++------------------+------------+--------+---------------+
+|Somma             |     38     | 11:794 |  135:898$384  |
++==================+============+========+===============+
+
++======================+================================================+
+|  _Recêm-nascença_    | _Vida vegetativa_, e puro _automatismo_ nas    |
+|                      | relações do _indivíduo_ com o _meio_.          |
++----------------------+------------------------------------------------+
+|     _Infância_       | _Vida afectiva simples_: prazer e dôr física.  |
++======================+================================================+
+
++--------+--------+--------+
+|   10   |    9   |   26   |
+|   11   |    5   |   33   |
+|   12   |    7   |   34   |
++--------+--------+--------+
+
+§§§ ### @@@ ~~~ ^^^ ¤¤¤ *** ### §§§ @@@ ~~~"""
+    result = filter_paragraphs(split_paragraphs(normalize_text(body)))
+    assert result.kept == [
+        "MAPPA DOS CONCELHOS\n"
+        "Rendimento\n"
+        "Concelhos | Freguezias | Fogos | collectavel\n"
+        "Agueda | 18 | 4:656 | 44:621$949\n"
+        "Albergaria a Velha | 8 | 3:224 | 22:014$110\n"
+        "Anadia | 12 | 3:914 | 69:262$325\n"
+        "Somma | 38 | 11:794 | 135:898$384",
+        "Recêm-nascença | Vida vegetativa, e puro automatismo nas\n"
+        "relações do indivíduo com o meio.\n"
+        "Infância | Vida afectiva simples: prazer e dôr física.",
+    ]
+    assert dict(result.drops) == {"digits": 1, "symbols": 1}  # the grid of bare figures, the junk line

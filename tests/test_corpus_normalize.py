@@ -16,6 +16,7 @@ from corpus.normalize import (
     _is_nfc,
     estimate_wrap_width,
     is_prose_block,
+    is_table_block,
     join_prose_lines,
     normalize_text,
     split_paragraphs,
@@ -87,6 +88,56 @@ def test_nfc_and_italics():
     out = normalize_text(decomposed)
     assert out == "Constituição muito nova e snake_case"
     assert unicodedata.is_normalized("NFC", out)
+
+
+def test_bold_pluses_are_removed_like_italics_underscores():
+    """Gutenberg's plain-text bold ("+ATENÇÃO+") made headings fail the symbol rule and put "+" in prose."""
+    text = "+ATENÇÃO+\n\nchamar-se +Ortografia Portuguesa+. Dos seus _+menus+_ (+I PARTE+).\n\n+O DOIDO\nE A MORTE+"
+    assert split_paragraphs(normalize_text(text)) == [
+        "ATENÇÃO",
+        "chamar-se Ortografia Portuguesa. Dos seus menus (I PARTE).",
+        "O DOIDO\nE A MORTE",
+    ]
+    for not_bold in ("2 +3+ 4", "a+b+c", "+ 3 47 18 +", "+----+----+", "P^{5}+A^{3}+"):
+        assert normalize_text(not_bold) == not_bold
+
+
+TABLE = """\
++------------------+------------+--------+---------------+
+|                  |            |        |  Rendimento   |
+|    _Concelhos_   | Freguezias | Fogos  |  collectavel  |
++------------------+------------+--------+---------------+
+|Agueda            |     18     |  4:656 |   44:621$949  |
+|Albergaria a Velha|      8     |  3:224 |   22:014$110  |
+|1854{             |            |   --   |               |
++==================+============+========+===============+"""
+
+
+def test_ascii_table_becomes_one_row_a_line_with_its_cells_joined_by_bars():
+    """Rules, empty cells and alignment go; the rows, as wide as the page, are not unwrapped as prose."""
+    prose = PROSE + " " + PROSE
+    body = "\n".join(textwrap.wrap(prose, 57)) + "\n\n" + TABLE
+    assert is_prose_block(TABLE.split("\n"), estimate_wrap_width(body))  # what used to happen to it
+    assert split_paragraphs(normalize_text(body)) == [
+        prose,
+        "Rendimento\n"
+        "Concelhos | Freguezias | Fogos | collectavel\n"
+        "Agueda | 18 | 4:656 | 44:621$949\n"
+        "Albergaria a Velha | 8 | 3:224 | 22:014$110\n"
+        "1854 | —",
+    ]
+
+
+def test_what_is_not_a_table():
+    primer = ["Pa|ssa|ro, dú|vi|da, nú|me|ro,", "mé|di|co, pol|vo|ra, la|gri|ma."]  # syllable bars
+    two_columns = [
+        "O Reino de Portugal e o    | Observaçoens (de Brant",
+        "Imperio do Brazil com os   | e Gameiro).",
+    ]
+    heading = ["RESULTADOS", "----------"]
+    for lines in (primer, two_columns, heading):
+        assert not is_table_block(lines), lines
+    assert is_table_block(["+---+---+", "| a | b |", "| c | d |"])
 
 
 def test_split_paragraphs_indices_are_positions():
