@@ -104,7 +104,7 @@ def train_model(config, on_log=None) -> dict:
     from training.train import train
 
     logger = get_run_logger()
-    logger.info("training %s on %s up to step %d", config.preset, config.corpus, config.max_steps)
+    logger.info("training %s on %s up to step %s", config.preset, config.corpus, config.max_steps)
     summary = train(config, on_log=on_log)
     if summary["final_loss"] is not None:  # else a rerun of a finished run, which the trainer has said
         logger.info(

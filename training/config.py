@@ -109,7 +109,7 @@ class LoopConfig:
         if self.optimizer not in ("adamw", "muon"):
             raise ConfigError(f"--optimizer must be 'adamw' or 'muon', got {self.optimizer!r}")
         for name in ("batch_size", "log_every", "checkpoint_every", "keep_last"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("max_steps", "grad_accum", "decay_steps", "threads"):
             value = getattr(self, name)
@@ -120,7 +120,7 @@ class LoopConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "min_lr_ratio", "weight_decay", "beta1", "beta2", "grad_clip", "warmdown_frac"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
+            if value is not None and (not math.isfinite(value) or value < 0):
                 raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
         if self.lr == 0:
             raise ConfigError("--lr must be > 0")
@@ -135,10 +135,12 @@ class TrainConfig(LoopConfig):
     """Pre-training on a corpus: LoopConfig plus the corpus, the network (preset + overrides) and data."""
 
     corpus: str  # corpus folder (docs/formats.md section 2)
-    preset: str = "tiny"  # ModelConfig preset; vocab_size comes from the corpus tokenizer
+    preset: str = "auto"  # ModelConfig preset, or "auto": sized for --time-budget on this machine, else tiny
     model_overrides: dict = field(default_factory=dict)  # ModelConfig fields replacing the preset's
-    block_size: int | None = None  # tokens per window; None: the model's max_seq_len
+    block_size: int | None = None  # tokens per window; None: the sizing rule's, else the model's max_seq_len
     tokens_per_step: int | None = None  # target tokens per optimizer step, over all processes
+    batch_size: int | None = None  # windows per micro-batch per process; None: the sizing rule's, else 16
+    lr: float | None = None  # peak learning rate; None: the sizing rule's, else 1e-3
     # -- data
     shuffle_buffer: int = 512  # windows mixed before batching (training/data.py)
     data_shards: int | None = None  # loader shards over all processes; None: world size ("virtual ranks")
@@ -164,8 +166,20 @@ class TrainConfig(LoopConfig):
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         from training.model import PRESETS  # torch is imported when a config is made, not for its defaults
 
-        if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}: choose one of {', '.join(PRESETS)}")
+        if self.preset not in PRESETS and self.preset != "auto":
+            raise ConfigError(
+                f"unknown preset {self.preset!r}: choose auto or one of {', '.join(PRESETS)}"
+            )
+
+    def sized(self) -> bool:
+        """Whether training/sizing.py picks the shape: --preset auto, a time budget, no shape field given."""
+        from training.sizing import SHAPE_FIELDS
+
+        return (
+            self.preset == "auto"
+            and self.time_budget is not None
+            and not any(k in self.model_overrides for k in SHAPE_FIELDS)
+        )
 
 
 @dataclass(kw_only=True)

@@ -314,8 +314,8 @@ def build_optimizer(module: torch.nn.Module, task: Task, c: LoopConfig) -> torch
 
 def setup_run(task: Task, d: Dist, device: torch.device, on_log: Callable[[dict], None] | None) -> Run:
     """Decide where to start, build model, optimizer and data, open the logs."""
-    c = task.c
     task.prepare(d)
+    c = task.c  # prepare may fill in what the config left open (training/sizing.py)
     resume_dir = find_resume_checkpoint(c, task)
     # The order of what draws from the RNG (init, then restored states) is what makes resume bit-exact.
     torch.manual_seed(c.seed)

@@ -90,12 +90,79 @@ SAMPLES_FILE = "samples.txt"
 def build_model_config(c: TrainConfig, info: CorpusInfo) -> ModelConfig:
     overrides = dict(c.model_overrides)
     overrides.setdefault("vocab_size", info.vocab_size)
-    config = ModelConfig.preset(c.preset, **overrides)
+    config = ModelConfig.preset("tiny" if c.preset == "auto" else c.preset, **overrides)
     if config.vocab_size < info.vocab_size:
         raise ConfigError(
             f"vocab_size={config.vocab_size} is smaller than the corpus tokenizer's {info.vocab_size}"
         )
     return config
+
+
+def size_for_budget(c: TrainConfig, info: CorpusInfo, d: Dist) -> tuple[TrainConfig, dict | None]:
+    """c with every setting it leaves open filled in: by training/sizing.py when c.sized() (a new run is
+    probed; a run folder that already holds a sized run reuses its choice, so it continues), else the
+    fixed defaults (batch 16, lr 1e-3). Returns the config and the sizing record (None: not sized)."""
+    from dataclasses import replace
+
+    sizing = None
+    if c.sized():
+        sizing = recorded_sizing(c.run_dir) or probe_and_choose(c, info, d)
+        choice = sizing["choice"]
+        block = c.block_size or choice["block_size"]
+        batch = c.batch_size or choice["micro_batch"]
+        tokens_per_step = c.tokens_per_step
+        if tokens_per_step is None and c.grad_accum is None:
+            per_micro = batch * block * d.world_size
+            tokens_per_step = per_micro * max(1, round(choice["tokens_per_step"] / per_micro))
+        overrides = {**choice["shape"], "max_seq_len": block, **c.model_overrides}
+        c = replace(
+            c,
+            model_overrides=overrides,
+            block_size=block,
+            batch_size=batch,
+            tokens_per_step=tokens_per_step,
+            lr=c.lr or choice["lr"],
+        )
+    return replace(c, batch_size=c.batch_size or 16, lr=c.lr or 1e-3), sizing
+
+
+def recorded_sizing(run_dir: str) -> dict | None:
+    """The sizing a run folder's first start recorded in RUN/config.json, if any."""
+    import json
+
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    try:
+        return json.loads(path.read_text()).get("sizing")
+    except (OSError, ValueError):
+        return None
+
+
+def probe_and_choose(c: TrainConfig, info: CorpusInfo, d: Dist) -> dict:
+    """Rank 0 times the ladder on this device and picks; other ranks take rank 0's pick."""
+    from dataclasses import replace
+
+    from training import sizing
+
+    device = pick_device(c.device, d)
+    precision = choose_precision(c.precision, device.type, cuda_capability(device))
+    train_tokens = int(info.split("train").get("tokens", 0))
+    record = None
+    if d.is_main:
+        probe = sizing.probe_throughput(
+            info.vocab_size, device, sizing.probe_seconds(c.time_budget), precision
+        )
+        if d.world_size > 1:  # one process probed; data parallelism multiplies it (its all-reduce aside)
+            speeds = {k: v * d.world_size for k, v in probe.tokens_per_second.items()}
+            probe = replace(probe, tokens_per_second=speeds, processes=d.world_size)
+        choice = sizing.choose_size(probe, c.time_budget, train_tokens)
+        record = {"probe": probe.to_dict(), "choice": choice.to_dict(), "budget_seconds": c.time_budget}
+    if d.world_size > 1:
+        import torch.distributed as dist
+
+        box = [record]
+        dist.broadcast_object_list(box, src=0)
+        record = box[0]
+    return record
 
 
 def loader_shards(c: TrainConfig, d: Dist) -> tuple[int, list[int]]:
@@ -169,8 +236,9 @@ class PretrainTask(Task):
         self._baselines: dict | None = None
 
     def prepare(self, d: Dist, verify: bool | None = None) -> None:
-        c = self.c
         self.d = d
+        self.c, self.sizing = size_for_budget(self.c, CorpusInfo.from_dir(self.c.corpus), d)
+        c = self.c
         self.info, self.model_config, self.block_size = check_corpus_and_model(
             c, verify=d.is_main if verify is None else verify
         )
@@ -309,6 +377,14 @@ class PretrainTask(Task):
     def run_config(self, run: Run) -> dict:
         extra = self.checkpoint_extra()
         tokens_per_step = self.c.batch_size * self.block_size * run.grad_accum * run.d.world_size
+        if self.sizing is not None:
+            probe = self.sizing["probe"]
+            speeds = ", ".join(f"{k} {v:,.0f}" for k, v in probe["tokens_per_second"].items())
+            run.write(
+                f"sized for the {self.sizing['budget_seconds']:.0f} s budget (--preset auto; a shape flag, "
+                f"--lr, --batch-size or --block-size overrides): {self.sizing['choice']['reason']}; "
+                f"lr {self.c.lr:.2g}. Probe ({probe['seconds']:.1f} s, {probe['device']}, tokens/s): {speeds}"
+            )
         run.write(
             f"{'resuming at step ' + str(run.step) if run.step else 'starting from scratch'}: "
             f"{run.gpt.num_params() / 1e6:.2f}M params ({run.gpt.num_params(active=True) / 1e6:.2f}M "
@@ -324,6 +400,7 @@ class PretrainTask(Task):
             "data_shards": self.n_shards,
             "block_size": self.block_size,
             "tokens_per_step": tokens_per_step,
+            **({"sizing": self.sizing} if self.sizing is not None else {}),
         }
 
     def close(self) -> None:

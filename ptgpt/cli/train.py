@@ -21,15 +21,17 @@ def check_preset(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """Refuse an unknown preset while parsing, before any download or corpus work."""
     from training.model import PRESETS
 
-    if value not in PRESETS:
-        raise click.BadParameter(f"unknown preset {value!r}: choose one of {', '.join(PRESETS)}")
+    if value not in PRESETS and value != "auto":
+        raise click.BadParameter(f"unknown preset {value!r}: choose auto or one of {', '.join(PRESETS)}")
     return value
 
 
 PRESET_HELP = (
-    "Model preset (training/model.py): tiny, small, base, tiny-moe, small-moe, base-moe. Sizes depend "
-    "on the corpus vocabulary: small is ~26M parameters with an 8k vocabulary, ~50M with 32k; base ~125M "
-    "with 32k."
+    "Model preset (training/model.py): auto, tiny, small, base, tiny-moe, small-moe, base-moe. auto: with "
+    "--time-budget, the shape, window, batch and learning rate are chosen for the budget on this machine "
+    "from a short throughput probe (training/sizing.py; any of them can still be given); without one, "
+    "tiny. Sizes depend on the corpus vocabulary: small is ~26M parameters with an 8k vocabulary, ~50M "
+    "with 32k; base ~125M with 32k."
 )
 preset_option = click.option(
     "--preset", default=TrainConfig.preset, show_default=True, callback=check_preset, help=PRESET_HELP
