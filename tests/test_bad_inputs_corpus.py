@@ -178,7 +178,11 @@ EXTRA_CASES = [
     ("more output than free disk", "{x:huge.jsonl}:100", ["would write about", "MB free", "huge.jsonl"]),
     ("latin-1 in a folder of text files", "{x:texts}", ["b_latin1.txt", "not UTF-8", "0xe3"]),
     ("latin-1 on a JSON line", "{x:latin1.jsonl}", ["latin1.jsonl:2", "not UTF-8"]),
-    ("a Parquet file with garbage inside", "{x:corrupt.parquet}", ["corrupt.parquet", "not a readable Parquet"]),
+    (
+        "a Parquet file with garbage inside",
+        "{x:corrupt.parquet}",
+        ["corrupt.parquet", "not a readable Parquet"],
+    ),
     ("a Parquet file cut short", "{x:cut.parquet}", ["cut.parquet", "not a readable Parquet"]),
     ("a folder with a cut Parquet file", "{x:parquets}", ["parquets"]),
 ]

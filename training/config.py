@@ -167,9 +167,7 @@ class TrainConfig(LoopConfig):
         from training.model import PRESETS  # torch is imported when a config is made, not for its defaults
 
         if self.preset not in PRESETS and self.preset != "auto":
-            raise ConfigError(
-                f"unknown preset {self.preset!r}: choose auto or one of {', '.join(PRESETS)}"
-            )
+            raise ConfigError(f"unknown preset {self.preset!r}: choose auto or one of {', '.join(PRESETS)}")
 
     def sized(self) -> bool:
         """Whether training/sizing.py picks the shape: --preset auto, a time budget, no shape field given."""
