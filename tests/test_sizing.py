@@ -162,3 +162,22 @@ def test_each_choice_can_be_overridden(corpus, tmp_path) -> None:
     )
     meta = json.loads((run / "config.json").read_text())
     assert "sizing" not in meta and meta["model"]["n_layer"] == 1 and meta["train"]["lr"] == 1e-3
+
+
+def test_ptgpt_train_with_only_a_budget_has_no_step_limit_and_is_sized(corpus, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from ptgpt.cli.train import train as train_command
+
+    run = tmp_path / "cli"
+    args = ["--corpus", str(corpus), "--run", str(run), "--time-budget", "3s", "--threads", "1"]
+    args += ["--eval-every", "0", "--samples", "false", "--tensorboard", "false", "--quiet"]
+    result = CliRunner().invoke(train_command, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    meta = json.loads((run / "config.json").read_text())
+    assert meta["train"]["max_steps"] is None and meta["train"]["time_budget"] == 3 and "sizing" in meta
+    # an explicit --max-steps still counts beside the budget
+    run = tmp_path / "capped"
+    args[3] = str(run)
+    result = CliRunner().invoke(train_command, [*args, "--max-steps", "2"], catch_exceptions=False)
+    assert result.exit_code == 0 and json.loads((run / "config.json").read_text())["train"]["max_steps"] == 2

@@ -13,7 +13,13 @@ from pathlib import Path
 import click
 
 from ptgpt.cli.corpus import text_options
-from ptgpt.cli.train import max_steps_option, nproc_option, preset_option, time_budget_option
+from ptgpt.cli.train import (
+    budget_lifts_the_step_limit,
+    max_steps_option,
+    nproc_option,
+    preset_option,
+    time_budget_option,
+)
 
 
 @click.command()
@@ -111,10 +117,12 @@ def build(out: Path, extras: tuple[str, ...], **params) -> None:
 @max_steps_option
 @time_budget_option
 @nproc_option
-def run(out: Path, run_dir: Path, extras: tuple[str, ...], **params) -> None:
+@click.pass_context
+def run(ctx: click.Context, out: Path, run_dir: Path, extras: tuple[str, ...], **params) -> None:
     """Run corpus-and-train (the main job) in this process."""
     from pipelines.flows import corpus_and_train_flow
 
+    params = budget_lifts_the_step_limit(ctx, params)
     _require_prefect_api()
     _finish(
         corpus_and_train_flow(out=str(out), run=str(run_dir), extra=list(extras), **params, return_state=True)

@@ -58,6 +58,19 @@ nproc_option = click.option(
 )
 
 
+def budget_lifts_the_step_limit(ctx: click.Context, params: dict) -> dict:
+    """--time-budget without --max-steps: the budget alone ends the run (the default 1000 steps would
+    cut a long budget short)."""
+    from click.core import ParameterSource
+
+    if params.get("time_budget") is not None and ctx.get_parameter_source("max_steps") in (
+        ParameterSource.DEFAULT,
+        None,
+    ):
+        params = {**params, "max_steps": None}
+    return params
+
+
 @click.command(
     "train",
     context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
@@ -78,9 +91,11 @@ def train(ctx: click.Context, corpus: Path, run_dir: Path, nproc: int, **params)
     """Train a GPT on a corpus, or continue the run in RUN from its newest valid checkpoint.
 
     Stop on steps (--max-steps) or on time (--time-budget 30m: the learning rate decays over the
-    budget; --max-steps none for no step limit). Every ModelConfig field is a model override too
+    budget, and with no --max-steps the budget alone ends the run; with no shape flags and --preset
+    auto, the model is sized for the budget on this machine). Every ModelConfig field is a model override too
     (--n-layer, --n-embd, --n-experts, ...; `python -m training.train --help` lists them).
     """
+    params = budget_lifts_the_step_limit(ctx, params)
     config = TrainConfig(corpus=str(corpus), run_dir=str(run_dir), **pick(TrainConfig, params))
     if ctx.args:  # model overrides (or a mistyped flag: one line from the parser)
         from training.train import config_from_args
