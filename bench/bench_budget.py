@@ -75,7 +75,7 @@ def report_card(run: Path) -> str:
     if last:
         lines.append(
             f"- trained {last.get('train_seconds', 0) / 60:.1f} min, {last['step']} steps, "
-            f"{last.get('tokens_seen', 0) / 1e6:.1f}M tokens; evaluation {last.get('eval_seconds', 0) / 60:.1f} min "
+            f"{last.get('tokens', 0) / 1e6:.1f}M tokens; evaluation {last.get('eval_seconds', 0) / 60:.1f} min "
             "more (not counted)"
         )
     if ngram_val is not None and curve:

@@ -211,8 +211,13 @@ def check_corpus_and_model(c: TrainConfig, verify: bool = True) -> tuple[CorpusI
 def check_before_launch(c: TrainConfig) -> None:
     """What setup would refuse, checked without building a model: for a launcher before torchrun,
     whose report of a failed rank is pages long."""
+    from dataclasses import replace
+
     from training.loop import find_resume_checkpoint
 
+    if c.sized() and recorded_sizing(c.run_dir) is None:
+        # a new sized run: the ranks' rank 0 probes; checking corpus and settings needs no probe here
+        c = replace(c, model_overrides={**c.model_overrides, "n_layer": 1})
     device = pick_device(c.device, Dist())
     choose_precision(c.precision, device.type, cuda_capability(device))
     task = PretrainTask(c)
