@@ -437,6 +437,7 @@ class Guard:
                 status[0] or "-",
                 time.perf_counter() - start,
                 f" {note}" if note else "",
+                extra={"server": scope.get("server")},  # which listener, when several share the log
             )
 
     def refusal(self, scope):

@@ -293,14 +293,21 @@ def test_stream_options_include_usage(server):
     assert all(json.loads(e)["usage"] is None for e in events[:-2])
 
 
-def test_one_log_line_per_request(server, caplog):
-    with caplog.at_level(logging.INFO, logger="ptgpt.serving"):
+def test_one_log_line_per_request(session, caplog):
+    with (
+        caplog.at_level(logging.INFO, logger="ptgpt.serving"),
+        ModelServer(session, ServeConfig(port=0)) as server,
+    ):
+        port = address(server)[1]
         requests.post(server.url + CHAT, json={"messages": HELLO, "max_tokens": 3}, timeout=60)
         requests.get(server.url + "/nowhere", timeout=30)
         deadline = time.monotonic() + 10
         while len(caplog.records) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
-    lines = [r.getMessage() for r in caplog.records if r.name == "ptgpt.serving"]
+    # A server of its own, and only its lines: the shared one may still log the end of an earlier
+    # test's streamed reply after that test returned.
+    ours = [r for r in caplog.records if r.name == "ptgpt.serving"]
+    lines = [r.getMessage() for r in ours if r.server and r.server[1] == port]
     assert len(lines) == 2, lines
     assert '"POST /v1/chat/completions" 200' in lines[0] and "tokens" in lines[0]
     assert '"GET /nowhere" 404' in lines[1]
