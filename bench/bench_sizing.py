@@ -38,14 +38,27 @@ from training.metrics import read_metrics  # noqa: E402
 CORPUS = REPO / "data" / "bench-recipe" / "corpus-8k"
 OUT = REPO / "data" / "bench-sizing"
 SHAPES = {s.name: s for s in sizing.LADDER}
+#: recipe options measured at the rule's shape, batch and learning rate (--variants): extra flags each
+VARIANTS = {
+    "base": {},
+    "relu2": {"mlp": "relu2"},  # at 1.5x the hidden size: SwiGLU's parameters (command() scales it)
+    "qk-norm": {"qk-norm": "true"},
+    "muon": {"optimizer": "muon"},
+}
 
 
-def run_dir(out: Path, budget: float, shape: str, lr_mult: float) -> Path:
-    return out / (f"{budget / 60:g}m-{shape}" + ("" if lr_mult == 1 else f"-lr{lr_mult:g}"))
+def run_dir(out: Path, budget: float, shape: str, lr_mult: float, variant: str = "base") -> Path:
+    name = f"{budget / 60:g}m-{shape}" + ("" if lr_mult == 1 else f"-lr{lr_mult:g}")
+    return out / (name if variant == "base" else f"{name}-{variant}")
 
 
-def command(corpus: Path, run: Path, budget: float, shape: sizing.Shape, lr: float, args) -> list[str]:
+def command(
+    corpus: Path, run: Path, budget: float, shape: sizing.Shape, lr: float, args, variant: str = "base"
+) -> list[str]:
     """The run the rule would make of this shape, at a fixed shape instead of a probed one."""
+    shape_flags = {k.replace("_", "-"): v for k, v in shape.overrides().items()}
+    if variant == "relu2":
+        shape_flags["mlp-hidden"] = shape.mlp_hidden * 3 // 2
     flags = {
         "corpus": corpus,
         "run": run,
@@ -67,7 +80,8 @@ def command(corpus: Path, run: Path, budget: float, shape: sizing.Shape, lr: flo
         "tensorboard": "false",
         "progress": "false",
         "plot": "false",
-        **{k.replace("_", "-"): v for k, v in shape.overrides().items()},
+        **shape_flags,
+        **VARIANTS[variant],
     }
     argv = [sys.executable, "-m", "training.train"]
     for k, v in flags.items():
@@ -95,10 +109,12 @@ def sweep(args, corpus: Path, out: Path) -> None:
     for budget in args.budgets:
         for name in args.shapes:
             for mult in args.lr_mults:
-                run = run_dir(out, budget, name, mult)
-                if finished(run) is None:
-                    lr = sizing.peak_lr(SHAPES[name].n_embd) * mult
-                    jobs.append((run, command(corpus, run, budget, SHAPES[name], lr, args)))
+                for variant in args.variants:
+                    run = run_dir(out, budget, name, mult, variant)
+                    if finished(run) is None:
+                        lr = sizing.peak_lr(SHAPES[name].n_embd) * mult
+                        argv = command(corpus, run, budget, SHAPES[name], lr, args, variant)
+                        jobs.append((run, argv))
     running: list[tuple[Path, subprocess.Popen, float]] = []
     while jobs or running:
         while jobs and len(running) < args.parallel:
@@ -148,24 +164,34 @@ def report(args, corpus: Path, out: Path) -> None:
     for budget in args.budgets:
         for name in args.shapes:
             for mult in args.lr_mults:
-                result = finished(run_dir(out, budget, name, mult))
-                if result is None:
-                    continue
-                params = sizing.matmul_params(SHAPES[name], info.vocab_size)
-                row = {"budget_s": budget, "shape": name, "lr_mult": mult, "params": params, **result}
-                row["tokens_per_param"] = result["tokens"] / params
-                rows.append(row)
-    fitted = fit_law([r for r in rows if r["lr_mult"] == 1])
+                for variant in args.variants:
+                    result = finished(run_dir(out, budget, name, mult, variant))
+                    if result is None:
+                        continue
+                    params = sizing.matmul_params(SHAPES[name], info.vocab_size)
+                    row = {"budget_s": budget, "shape": name, "lr_mult": mult, "variant": variant}
+                    row.update(params=params, **result, tokens_per_param=result["tokens"] / params)
+                    rows.append(row)
+    base = [r for r in rows if r["variant"] == "base"]
+    fitted = fit_law([r for r in base if r["lr_mult"] == 1])
     print(
         f"\nn-gram ({ngram.get('ngram_order', 0):.0f}-gram) val bpb {ngram.get('ngram_val_bpb', float('nan')):.4f}"
     )
     print(
-        f"{'budget':>7} {'shape':>7} {'lr x':>5} {'params':>8} {'tokens':>8} {'tok/par':>7} {'steps':>6} {'val bpb':>8}"
+        f"{'budget':>7} {'shape':>7} {'lr x':>5} {'variant':>8} {'params':>8} {'tokens':>8} {'tok/par':>7} "
+        f"{'steps':>6} {'val bpb':>8} {'vs base':>8}"
     )
     for r in rows:
+        same = [
+            b
+            for b in base
+            if (b["budget_s"], b["shape"], b["lr_mult"]) == (r["budget_s"], r["shape"], r["lr_mult"])
+        ]
+        delta = f"{r['val_bpb'] - same[0]['val_bpb']:+8.4f}" if same and r["variant"] != "base" else ""
         print(
-            f"{r['budget_s'] / 60:6g}m {r['shape']:>7} {r['lr_mult']:5g} {r['params'] / 1e6:7.2f}M "
-            f"{r['tokens'] / 1e6:7.2f}M {r['tokens_per_param']:7.2f} {r['step']:6d} {r['val_bpb']:8.4f}"
+            f"{r['budget_s'] / 60:6g}m {r['shape']:>7} {r['lr_mult']:5g} {r['variant']:>8} "
+            f"{r['params'] / 1e6:7.2f}M {r['tokens'] / 1e6:7.2f}M {r['tokens_per_param']:7.2f} {r['step']:6d} "
+            f"{r['val_bpb']:8.4f} {delta}"
         )
     law = None
     if fitted is not None:
@@ -191,7 +217,9 @@ def plot(rows: list[dict], ngram: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for budget in sorted({r["budget_s"] for r in rows}):
         pts = sorted(
-            (r["params"], r["val_bpb"]) for r in rows if r["budget_s"] == budget and r["lr_mult"] == 1
+            (r["params"], r["val_bpb"])
+            for r in rows
+            if r["budget_s"] == budget and r["lr_mult"] == 1 and r["variant"] == "base"
         )
         if pts:
             ax.plot([p / 1e6 for p, _ in pts], [b for _, b in pts], "o-", label=f"{budget / 60:g} min")
@@ -214,6 +242,7 @@ def main() -> None:
     p.add_argument("--budgets", default="5m,15m", help="comma-separated durations")
     p.add_argument("--shapes", default="3x128,4x192,5x256", help=f"of {', '.join(SHAPES)}")
     p.add_argument("--lr-mults", default="1", help="multiples of the rule's learning rate")
+    p.add_argument("--variants", default="base", help=f"comma-separated, of {', '.join(VARIANTS)}")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--tokens-per-step", type=int, default=4096)
@@ -224,6 +253,11 @@ def main() -> None:
     args.budgets = [parse_duration(b) for b in args.budgets.split(",")]
     args.shapes = args.shapes.split(",")
     args.lr_mults = [float(m) for m in args.lr_mults.split(",")]
+    args.variants = args.variants.split(",")
+    if set(args.variants) - set(VARIANTS):
+        sys.exit(
+            f"unknown variants {sorted(set(args.variants) - set(VARIANTS))}: choose from {', '.join(VARIANTS)}"
+        )
     unknown = [s for s in args.shapes if s not in SHAPES]
     if unknown:
         sys.exit(f"unknown shapes {unknown}: choose from {', '.join(SHAPES)}")

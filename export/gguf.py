@@ -54,6 +54,11 @@ def architecture(model: GPT) -> str:
 
 def check_gguf_exportable(model: GPT) -> None:
     c = model.config
+    if c.mlp != "swiglu":
+        raise UserError(
+            f"cannot export to GGUF: llama.cpp's llama and qwen3 architectures are SwiGLU only, this "
+            f"model's feed-forward is {c.mlp}; train with --mlp swiglu to export"
+        )
     if c.n_experts and c.moe_every != 1:
         raise UserError(
             f"cannot export to GGUF: llama.cpp's {architecture(model)} architecture puts an MoE in every "

@@ -148,6 +148,11 @@ def hf_config(model: GPT, dtype: str, special_ids: dict[str, int | None]) -> dic
 
 def check_exportable(model: GPT) -> None:
     c = model.config
+    if c.mlp != "swiglu":
+        raise ValueError(
+            f"cannot export a {c.mlp} feed-forward: Llama, Mixtral and Qwen3 in transformers are SwiGLU "
+            "only; train with --mlp swiglu to export"
+        )
     if c.n_experts > 0 and c.moe_every != 1 and not c.qk_norm:
         raise ValueError(
             f"cannot export to MixtralForCausalLM: it puts an MoE in every layer, this model has "

@@ -11,10 +11,12 @@ and `lm_eval --model hf --model_args pretrained=EXPORT --include_path DIR --task
 
 The scoring is ptgpt's, not lm_eval's built-in metrics, so an export scores what `ptgpt eval` gives:
 - choice: each candidate is the continuation " " + sentence (target_delimiter ""), so lm_eval asks
-  for the very tokens ptgpt scores, and the pick is the highest log-likelihood per UTF-8 byte of that
-  continuation (lm_eval's acc_norm divides by characters without the space, which picks differently):
-  `ptgpt eval`'s `choice_acc_per_byte`. Its headline `choice_acc` (PMI against an unconditional start)
-  needs a second, unconditional request per candidate and is not written as an lm_eval task yet;
+  for the very tokens ptgpt scores. Listing `acc_mutual_info` makes lm_eval also ask for each candidate
+  after an empty context, which its hf model turns into BOS (else EOS) + candidate: ptgpt's neutral
+  start. From both, `acc` is ptgpt's headline `choice_acc` (the highest PMI per UTF-8 byte),
+  `acc_per_byte` its `choice_acc_per_byte` (the highest log-likelihood per byte; lm_eval's acc_norm
+  divides by characters without the space, which picks differently) and `acc_mutual_info` lm_eval's own
+  (PMI not divided by length);
 - lastword: greedy generation; the first word of the generated text (letters and inner hyphens, after
   NFC) must equal the target word, exactly as training/eval_tasks.py compares.
 Neither adds BOS (lm_eval's hf model does not by default, and `ptgpt eval` scores without it).
@@ -55,8 +57,21 @@ def process_lastword(doc, results):
 
 
 def process_choice(doc, results):
-    per_byte = [ll / len(choice.encode()) for (ll, _), choice in zip(results, doc["choices"])]
-    return {"acc": float(max(range(len(per_byte)), key=per_byte.__getitem__) == doc["label"])}
+    # results: the candidates after the context, then (acc_mutual_info) after an empty one
+    k = len(doc["choices"])
+    lls = [ll for ll, _ in results]
+    conditional, unconditional = lls[:k], lls[k:]
+    n_bytes = [len(choice.encode()) for choice in doc["choices"]]
+    pmi = [c - u for c, u in zip(conditional, unconditional)]
+
+    def right(scores):
+        return float(max(range(k), key=scores.__getitem__) == doc["label"])
+
+    return {
+        "acc": right([p / n for p, n in zip(pmi, n_bytes)]),
+        "acc_per_byte": right([c / n for c, n in zip(conditional, n_bytes)]),
+        "acc_mutual_info": right(pmi),
+    }
 '''
 
 
@@ -143,9 +158,15 @@ def write_lm_eval_tasks(out_dir: str | Path, corpus_dir: str | Path, config=None
                     'target_delimiter: ""',
                     "process_results: !function ptgpt_utils.process_choice",
                     "metric_list:",
-                    "  - metric: acc",
-                    "    aggregation: mean",
-                    "    higher_is_better: true",
+                    *[
+                        line
+                        for metric in ("acc", "acc_per_byte", "acc_mutual_info")
+                        for line in (
+                            f"  - metric: {metric}",
+                            "    aggregation: mean",
+                            "    higher_is_better: true",
+                        )
+                    ],
                     *meta,
                 ]
             )

@@ -61,27 +61,39 @@ def _f(x, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _baselines(values: dict, labels: dict[str, str]) -> str:
+    """Every baseline the evaluation recorded, in the order of labels: "0.297 (word unigram), ..."."""
+    return ", ".join(f"{_f(values[k])} ({label})" for k, label in labels.items() if values.get(k) is not None)
+
+
 def eval_table(result: dict, logged: dict) -> list[str]:
     """Markdown rows: the full suite (eval --json) if given, else the trainer's last quick evaluation."""
-    rows = ["| figure | model | chance | baseline | items |", "| --- | --- | --- | --- | --- |"]
+    rows = ["| figure | model | chance | baselines | items |", "| --- | --- | --- | --- | --- |"]
     if result:
         for split, bpb in result.get("bpb", {}).items():
             base = result.get("bpb_baselines", {}).get(split, {})
+            named = _baselines(base, {"unigram": "token unigram", "ngram": "Kneser-Ney n-gram"})
             rows.append(
                 f"| bits per byte, {split} (lower is better) | {_f(bpb)} | {_f(base.get('uniform'))} "
-                f"(uniform) | {_f(base.get('unigram'))} (unigram) | |"
+                f"(uniform) | {named} | |"
             )
         if "lastword_acc" in result:
             b = result.get("lastword_baselines", {})
+            named = _baselines(
+                b, {"most_frequent_context_word": "most frequent context word", "ngram": "n-gram, greedy"}
+            )
             rows.append(
                 f"| last word (exact, greedy) | {_f(result['lastword_acc'])} | {_f(b.get('chance'))} | "
-                f"{_f(b.get('most_frequent_context_word'))} (most frequent context word) | {result.get('lastword_n', '')} |"
+                f"{named} | {result.get('lastword_n', '')} |"
             )
         if "choice_acc" in result:
             b = result.get("choice_baselines", {})
+            named = _baselines(
+                b, {"unigram": "word unigram", "overlap": "context overlap", "ngram": "n-gram"}
+            )
             rows.append(
-                f"| next sentence of 4 (log-likelihood per byte) | {_f(result['choice_acc'])} | "
-                f"{_f(b.get('chance'))} | {_f(b.get('unigram'))} (word unigram) | {result.get('choice_n', '')} |"
+                f"| next sentence of 4 (PMI per byte) | {_f(result['choice_acc'])} | "
+                f"{_f(b.get('chance'))} | {named} | {result.get('choice_n', '')} |"
             )
     elif logged:
         if "val_bpb" in logged:

@@ -114,7 +114,7 @@ def test_card_carries_the_recorded_eval_with_its_baselines(corpus: Path, tmp_pat
     write_run(tmp_path / "run", word_start_model(corpus), corpus)
     figures = {"lastword_acc": 0.125, "lastword_n": 64, "lastword_baselines": {"chance": 0.0,
                "most_frequent_context_word": 0.031}, "choice_acc": 0.406, "choice_n": 64,
-               "choice_baselines": {"chance": 0.25, "unigram": 0.297}}  # fmt: skip
+               "choice_baselines": {"chance": 0.25, "unigram": 0.297, "overlap": 0.47}}  # fmt: skip
     (tmp_path / "eval.json").write_text(json.dumps(figures))
     cli(
         "export-hf",
@@ -128,6 +128,7 @@ def test_card_carries_the_recorded_eval_with_its_baselines(corpus: Path, tmp_pat
     text = ModelCard.load(tmp_path / "hf" / "README.md").text
     for figure in ("0.125", "0.031", "0.406", "0.250", "0.297"):
         assert f"| {figure}" in text
+    assert "0.297 (word unigram), 0.470 (context overlap)" in text  # every baseline, not only the weakest
 
 
 OVERWRITE_CASES = {
@@ -222,7 +223,8 @@ def test_lm_eval_accuracy_equals_ptgpt_eval(corpus: Path, tmp_path: Path) -> Non
         log_samples=True,
     )
     figures = results["results"]
-    assert figures["ptgpt_choice"]["acc,none"] == ours["choice_acc_per_byte"]  # the PMI headline is not
+    assert figures["ptgpt_choice"]["acc,none"] == ours["choice_acc"]  # PMI per byte, the headline
+    assert figures["ptgpt_choice"]["acc_per_byte,none"] == ours["choice_acc_per_byte"]
     assert figures["ptgpt_lastword"]["acc,none"] == ours["lastword_acc"]
     # item by item: lm_eval generates what ptgpt generates (accuracy alone is 0 for a random model)
     from training.eval_tasks import QUICK, first_word, load_items, score_lastword

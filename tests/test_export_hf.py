@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from common.errors import UserError
+from export.gguf import write_gguf
 from export.hf import export_model
 from ptgpt.cli.model import export_hf
 from training.checkpoint import save_model
@@ -178,6 +179,12 @@ def test_export_refuses_what_it_cannot_express(tmp_path: Path, tokenizer_model: 
     with pytest.raises(ValueError, match="MoE in every layer"):
         export_model(every_other, tmp_path / "a", tokenizer_model)
     assert not (tmp_path / "a").exists()
+    relu2 = GPT(ModelConfig.preset("tiny", vocab_size=VOCAB, mlp="relu2"))
+    with pytest.raises(ValueError, match="relu2 feed-forward"):
+        export_model(relu2, tmp_path / "a", tokenizer_model)
+    with pytest.raises(UserError, match="SwiGLU only"):
+        write_gguf(relu2, tmp_path / "a.gguf", tokenizer_model)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "a.gguf").exists()
 
     too_small = GPT(ModelConfig.preset("tiny", vocab_size=100))
     with pytest.raises(ValueError, match="tokenizer has 320 pieces"):

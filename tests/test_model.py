@@ -255,6 +255,30 @@ def test_residual_projections_are_scaled_by_depth() -> None:
         assert w.std().item() == pytest.approx(std / math.sqrt(16), rel=0.1)
 
 
+def test_relu2_feed_forward_has_swiglus_parameters_at_one_and_a_half_times_the_width() -> None:
+    from training.model import KVCache, ReLU2
+
+    swiglu, relu2 = make("tiny", mlp_hidden=128), make("tiny", mlp="relu2", mlp_hidden=192)
+    assert swiglu.num_params() == relu2.num_params()
+    mlp = relu2.blocks[0].mlp
+    assert isinstance(mlp, ReLU2) and not hasattr(mlp, "gate_proj")
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(
+        mlp(x), (x @ mlp.up_proj.weight.T).clamp(min=0).pow(2) @ mlp.down_proj.weight.T
+    )
+    # the rest of the model is untouched: causal, and cached decoding equals the full forward
+    model = relu2.eval()
+    idx = torch.randint(0, 512, (2, 16))
+    full = model(idx).logits
+    cache = KVCache(model.config, batch_size=2, max_len=16, device=idx.device, dtype=torch.float32)
+    parts = [model(idx[:, :9], kv_cache=cache).logits] + [
+        model(idx[:, t : t + 1], kv_cache=cache).logits for t in range(9, 16)
+    ]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"mlp must be one of swiglu\|relu2"):
+        ModelConfig.preset("tiny", mlp="gelu")
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="n_kv_head"):
         ModelConfig.preset("tiny-moe", n_kv_head=3)

@@ -31,6 +31,9 @@ IGNORE_INDEX = -1  # targets equal to this are left out of the cross-entropy
 # Config
 
 
+MLPS = ("swiglu", "relu2")  # the dense feed-forwards (ModelConfig.mlp)
+
+
 @dataclass
 class ModelConfig:
     """Everything that defines the network's shape. Serialised as JSON next to the weights."""
@@ -41,7 +44,10 @@ class ModelConfig:
     n_embd: int = 768
     n_head: int = 12  # query heads; head_dim = n_embd // n_head
     n_kv_head: int = 4  # key/value heads (GQA); must divide n_head, == n_head is plain multi-head attention
-    mlp_hidden: int = 2048  # SwiGLU hidden size of the dense feed-forward (~8/3 * n_embd)
+    mlp_hidden: int = 2048  # hidden size of the dense feed-forward (SwiGLU: ~8/3 * n_embd)
+    # The dense feed-forward: "swiglu" (Llama's, 3 matrices) or "relu2" (down(relu(up(x))^2), 2 matrices,
+    # nanochat's; the same parameters at 1.5x the hidden size). Experts are always SwiGLU.
+    mlp: str = "swiglu"
     # Mixture of Experts. n_experts == 0: every layer is dense. n_experts >= 1: layers with
     # (layer_index + 1) % moe_every == 0 use an MoE of n_experts SwiGLU experts, top_k per token.
     n_experts: int = 0
@@ -80,6 +86,7 @@ class ModelConfig:
         need(
             self.n_head % self.n_kv_head == 0, f"n_kv_head={self.n_kv_head} must divide n_head={self.n_head}"
         )
+        need(self.mlp in MLPS, f"mlp must be one of {'|'.join(MLPS)}, got {self.mlp!r}")
         need(self.n_experts >= 0, "n_experts must be >= 0 (0 = dense)")
         need(
             self.n_experts == 0 or self.top_k <= self.n_experts,
@@ -309,6 +316,18 @@ class SwiGLU(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+class ReLU2(nn.Module):
+    """The dense feed-forward without a gate: down(relu(up(x))^2) (Primer, So et al. 2021; nanochat)."""
+
+    def __init__(self, n_embd: int, hidden: int):
+        super().__init__()
+        self.up_proj = nn.Linear(n_embd, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.relu(self.up_proj(x)).square())
+
+
 # -----------------------------------------------------------------------------------------------
 # Mixture of Experts
 
@@ -458,7 +477,11 @@ class Block(nn.Module):
         self.attn_norm = RMSNorm(config.n_embd, config.norm_eps)
         self.attn = Attention(config, layer)
         self.mlp_norm = RMSNorm(config.n_embd, config.norm_eps)
-        self.mlp = MoE(config) if config.is_moe_layer(layer) else SwiGLU(config.n_embd, config.mlp_hidden)
+        if config.is_moe_layer(layer):
+            self.mlp = MoE(config)
+        else:
+            dense = ReLU2 if config.mlp == "relu2" else SwiGLU
+            self.mlp = dense(config.n_embd, config.mlp_hidden)
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, kv_cache: KVCache | None = None

@@ -114,7 +114,10 @@ def size_for_budget(c: TrainConfig, info: CorpusInfo, d: Dist) -> tuple[TrainCon
         if tokens_per_step is None and c.grad_accum is None:
             per_micro = batch * block * d.world_size
             tokens_per_step = per_micro * max(1, round(choice["tokens_per_step"] / per_micro))
-        overrides = {**choice["shape"], "max_seq_len": block, **c.model_overrides}
+        shape = dict(choice["shape"])
+        if c.model_overrides.get("mlp") == "relu2":  # the parameters of the SwiGLU the rule measured
+            shape["mlp_hidden"] = shape["mlp_hidden"] * 3 // 2
+        overrides = {**shape, "max_seq_len": block, **c.model_overrides}
         c = replace(
             c,
             model_overrides=overrides,
