@@ -181,3 +181,11 @@ def test_ptgpt_train_with_only_a_budget_has_no_step_limit_and_is_sized(corpus, t
     args[3] = str(run)
     result = CliRunner().invoke(train_command, [*args, "--max-steps", "2"], catch_exceptions=False)
     assert result.exit_code == 0 and json.loads((run / "config.json").read_text())["train"]["max_steps"] == 2
+
+
+def test_a_sized_relu2_run_gets_the_parameters_of_the_swiglu_the_rule_measured(corpus, tmp_path) -> None:
+    run = tmp_path / "relu2"
+    train(sized_config(corpus, run, model_overrides={"mlp": "relu2"}, time_budget="3s"))
+    meta = json.loads((run / "config.json").read_text())
+    chosen = meta["sizing"]["choice"]["shape"]
+    assert meta["model"]["mlp"] == "relu2" and meta["model"]["mlp_hidden"] == chosen["mlp_hidden"] * 3 // 2
