@@ -44,6 +44,7 @@ VARIANTS = {
     "relu2": {"mlp": "relu2"},  # at 1.5x the hidden size: SwiGLU's parameters (command() scales it)
     "qk-norm": {"qk-norm": "true"},
     "muon": {"optimizer": "muon"},
+    "all3": {"mlp": "relu2", "qk-norm": "true", "optimizer": "muon"},
 }
 
 
@@ -57,7 +58,7 @@ def command(
 ) -> list[str]:
     """The run the rule would make of this shape, at a fixed shape instead of a probed one."""
     shape_flags = {k.replace("_", "-"): v for k, v in shape.overrides().items()}
-    if variant == "relu2":
+    if VARIANTS[variant].get("mlp") == "relu2":
         shape_flags["mlp-hidden"] = shape.mlp_hidden * 3 // 2
     flags = {
         "corpus": corpus,
